@@ -357,7 +357,7 @@ class WindowDataset:
         self.names = [n for n in store.split(split) if store.length(n) + 1 >= length]
         self._episodes = [store.load(n) for n in self.names]
         self._observations = [store.load_latents(latents, n) if latents else ep.frames
-                              for n, ep in zip(self.names, self._episodes)]
+                              for n, ep in zip(self.names, self._episodes, strict=True)]
         starts = [np.arange(0, store.length(n) + 2 - length, stride) for n in self.names]
         self._index = np.concatenate(
             [np.stack([np.full_like(s, i), s], 1) for i, s in enumerate(starts)]
