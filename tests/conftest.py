@@ -14,3 +14,12 @@ def _torch_threads():
     except ImportError:
         return
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """A checkpoint bundle trained in this test run from real Crafter play (see
+    tests/tiny_bundle.py). Session-scoped: built once, shared read-only."""
+    from tiny_bundle import make_tiny_bundle
+
+    return make_tiny_bundle(tmp_path_factory.mktemp("tiny-bundle"))

@@ -1,0 +1,264 @@
+"""`worldsim train dynamics`: train the action-conditioned spacetime DiT (with its reward and
+termination heads) on a dataset's latent cache, then assemble the checkpoint bundle.
+
+    worldsim train dynamics --data DATASET --vae VAE_RUN --out RUN [--preset S] ...
+    torchrun --nproc-per-node 2 -m worldsim.cli train dynamics --data DATASET --vae VAE_RUN --out RUN
+
+The VAE's latent cache (`worldsim encode`) is written first if it is missing, so the encoder
+never runs inside the training loop. A training example is a window of `window` consecutive
+latent frames with the actions, rewards and terminations between them (never crossing an
+episode's end). The reward support and the heads' class weights are measured on the training
+split and saved in the config. Evaluation (EMA weights, fixed validation windows) reports the
+validation loss, teacher-forced next-frame PSNR and open-loop PSNR after `eval_horizon` steps,
+each beside the copy-last-frame baseline, and a strip of real vs dream frames.
+
+At the end RUN/bundle/ holds the complete simulator (`worldsim.load(RUN/bundle)`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch import nn
+
+from worldsim.data.store import EpisodeStore, WindowDataset, collate
+from worldsim.evaluation.metrics import frame_metrics
+from worldsim.models.dit import DiTConfig
+from worldsim.models.dynamics import (
+    DynamicsConfig,
+    DynamicsModel,
+    HeadsConfig,
+    reward_class_weights,
+    reward_support_from_data,
+    termination_pos_weight,
+)
+from worldsim.models.vae import VAE
+from worldsim.runtime import autocast
+from worldsim.spaces import space_to_json
+from worldsim.training.checkpoint import dataset_fingerprint
+from worldsim.training.encode import encode_dataset, latent_tag
+from worldsim.training.loop import TrainConfig, TrainingTask, setup, train
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(steps=20_000, batch_size=16, lr=3e-4, warmup_steps=500,
+                       eval_every=2000, ema_decay=0.999, weight_decay=0.01)
+
+
+@dataclass
+class TrainDynamicsConfig:
+    """Train the dynamics model on a dataset's latents."""
+
+    data: Path
+    """Episode store directory."""
+    vae: Path
+    """VAE checkpoint, or a `worldsim train vae` run directory (its newest checkpoint)."""
+    out: Path
+    """Run directory: checkpoints, TensorBoard logs, metrics.jsonl, bundle/; resumed if it
+    exists."""
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    """Shape of the DiT (in_channels is taken from the VAE)."""
+    window: int = 0
+    """Frames per training window (0 = the DiT's attention window)."""
+    context_layout_prob: float = 0.25
+    """Share of windows laid out as at inference: clean context, noisy last frame."""
+    train: TrainConfig = field(default_factory=_default_train)
+    eval_windows: int = 32
+    """Validation windows used by each evaluation."""
+    eval_horizon: int = 8
+    """Open-loop steps rolled out from each validation window's first frames in evaluation."""
+    eval_context: int = 4
+    """Real context frames given before the open-loop rollout in evaluation."""
+    bundle_contexts: int = 128
+    """Real start contexts (from validation episodes) shipped in the bundle."""
+    bundle: bool = True
+    """Write RUN/bundle at the end of training."""
+
+
+class DynamicsTask(TrainingTask):
+    """Next-latent prediction on a latent cache (see `TrainingTask`)."""
+
+    kind = "dynamics"
+
+    def __init__(self, cfg: TrainDynamicsConfig, device: torch.device, is_main: bool = True):
+        self.cfg, self.device = cfg, torch.device(device)
+        self.store = EpisodeStore(cfg.data)
+        self.vae = VAE.from_checkpoint(cfg.vae, device=self.device)
+        self.tag = latent_tag(self.vae)
+        if any(not self.store.has_latents(self.tag, n) for n in self.store.names):
+            if not is_main:
+                raise RuntimeError(f"{cfg.data} lacks latents for VAE {self.tag}; run "
+                                   f"`worldsim encode --vae {cfg.vae} --data {cfg.data}` first")
+            print(f"encoding {cfg.data} with VAE {self.tag} (the latent cache is missing)",
+                  flush=True)
+            encode_dataset(self.vae, self.store, vae_path=cfg.vae)
+        window = cfg.window or cfg.dit.window
+        self.train_set = WindowDataset(self.store, "train", length=window, latents=self.tag)
+        self.val_set = WindowDataset(self.store, "val", length=max(window, cfg.eval_context
+                                                                   + cfg.eval_horizon),
+                                     latents=self.tag)
+        if len(self.train_set) == 0 or len(self.val_set) == 0:
+            raise ValueError(f"{cfg.data} needs episodes of at least {window} frames in both "
+                             f"splits (train windows: {len(self.train_set)}, validation windows: "
+                             f"{len(self.val_set)}); collect more data or lower --window")
+        self.window = window
+        heads = self._heads_config()
+        dit = dataclasses.replace(cfg.dit, in_channels=self.vae.latent_channels)
+        self.dynamics_config = DynamicsConfig(dit=dit, heads=heads,
+                                              context_layout_prob=cfg.context_layout_prob)
+        self.model = DynamicsModel(self.dynamics_config, self.store.action_space).to(self.device)
+        self._eval_windows: dict[str, Any] | None = None
+
+    def _heads_config(self) -> HeadsConfig:
+        """Reward support and loss weights measured on the training split."""
+        rewards, terminated = [], []
+        for name in self.train_set.names:
+            ep = self.store.load(name)
+            rewards.append(np.asarray(ep.rewards))
+            terminated.append(np.asarray(ep.terminated))
+        r = torch.from_numpy(np.concatenate(rewards)).float()
+        d = torch.from_numpy(np.concatenate(terminated))
+        support = reward_support_from_data(r)
+        return HeadsConfig(reward_support=support,
+                           reward_class_weights=tuple(reward_class_weights(r, support)),
+                           termination_pos_weight=termination_pos_weight(d))
+
+    # ------------------------------------------------------------------ description
+    def config(self) -> dict[str, Any]:
+        c = self.cfg
+        return {"dynamics": self.dynamics_config.to_dict(), "window": self.window,
+                "vae_fingerprint": self.vae.fingerprint(), "latent_tag": self.tag,
+                "eval_windows": c.eval_windows, "eval_horizon": c.eval_horizon,
+                "eval_context": c.eval_context}
+
+    def data_info(self) -> dict[str, Any]:
+        s = self.store
+        return {"path": str(Path(self.cfg.data).resolve()), "env_id": s.env_id,
+                "fingerprint": dataset_fingerprint(s), "episodes": len(s),
+                "frames": s.num_frames, "train_windows": len(self.train_set),
+                "train_episodes": len(self.train_set.names),
+                "val_episodes": len(self.val_set.names), "frame_shape": list(s.frame_shape())}
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        return {"kind": self.kind, "dynamics": self.dynamics_config.to_dict(),
+                "action_space": space_to_json(self.store.action_space),
+                "observation_space": space_to_json(self.store.observation_space),
+                "env_id": self.store.env_id, "vae_path": str(Path(self.cfg.vae).resolve())}
+
+    # ------------------------------------------------------------------ training
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "latents": torch.from_numpy(batch["observations"]).to(self.device).float(),
+            "actions": {k: torch.from_numpy(v).to(self.device)
+                        for k, v in batch["actions"].items()},
+            "rewards": torch.from_numpy(batch["rewards"]).to(self.device).float(),
+            "terminated": torch.from_numpy(batch["terminated"]).to(self.device),
+        }
+
+    def sample_batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, Any]:
+        """latents (B, W, C, h, w), actions {key: (B, W-1, ...)}, rewards/terminated (B, W-1)."""
+        return self._to_device(self.train_set.sample(batch_size, rng))
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
+        # The loop hands the DDP wrapper under torchrun; the loss lives on the module itself.
+        module = model.module if hasattr(model, "module") else model
+        return module.loss(batch["latents"], batch["actions"], batch["rewards"],
+                           batch["terminated"])
+
+    # ------------------------------------------------------------------ evaluation
+    def _validation(self) -> dict[str, Any]:
+        if self._eval_windows is None:
+            n = len(self.val_set)
+            idx = np.unique(np.linspace(0, n - 1, min(self.cfg.eval_windows, n)).astype(int))
+            items = [self.val_set[i] for i in idx]
+            batch = collate(items)
+            # real frames of the same windows, for pixel-space metrics
+            frames = np.stack([
+                np.asarray(self.store.load(self.val_set.names[self.val_set._index[i][0]]).frames[
+                    self.val_set._index[i][1]:self.val_set._index[i][1] + self.val_set.length])
+                for i in idx])
+            self._eval_windows = {"batch": self._to_device(batch), "frames": frames}
+        return self._eval_windows
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        val = self._validation()
+        batch, frames = val["batch"], val["frames"]  # frames uint8 (B, L, H, W, 3)
+        g = torch.Generator(self.device).manual_seed(0)
+        W = self.window
+        with autocast(self.device, self.cfg.train.bf16):
+            loss, scalars = model.loss(batch["latents"][:, :W],
+                                       {k: v[:, :W - 1] for k, v in batch["actions"].items()},
+                                       batch["rewards"][:, :W - 1],
+                                       batch["terminated"][:, :W - 1], generator=g)
+        metrics = {f"val_{k}": v for k, v in scalars.items()}
+        K, Hn = self.cfg.eval_context, self.cfg.eval_horizon
+        latents, actions = batch["latents"], batch["actions"]
+        real = torch.from_numpy(frames)
+        with autocast(self.device, self.cfg.train.bf16):
+            # open loop: K real frames, then Hn imagined steps with the recorded actions
+            state = model.start(latents[:, :K], {k: v[:, :K - 1] for k, v in actions.items()}, g)
+            dream = []
+            for t in range(K - 1, K - 1 + Hn):
+                out = model.step(state, {k: v[:, t] for k, v in actions.items()}, g)
+                dream.append(out.latents)
+            dream_frames = self.vae.decode_frames(torch.stack(dream, 1)).cpu()  # (B, Hn, H, W, 3)
+            # teacher-forced: every step from real context (the open loop's first step is one)
+        target = real[:, K:K + Hn]
+        ours = frame_metrics(rearrange(target, "b t h w c -> (b t) h w c"),
+                             rearrange(dream_frames, "b t h w c -> (b t) h w c"))
+        copy = frame_metrics(rearrange(target, "b t h w c -> (b t) h w c"),
+                             rearrange(real[:, K - 1:K].expand_as(target),
+                                       "b t h w c -> (b t) h w c"))
+        psnr = ours["psnr"].view(len(target), Hn)
+        copy_psnr = copy["psnr"].view(len(target), Hn)
+        metrics.update({
+            "psnr_step1": psnr[:, 0].mean().item(),
+            "copy_last_psnr_step1": copy_psnr[:, 0].mean().item(),
+            f"psnr_step{Hn}": psnr[:, -1].mean().item(),
+            f"copy_last_psnr_step{Hn}": copy_psnr[:, -1].mean().item(),
+            "psnr_open_loop_mean": psnr.mean().item(),
+        })
+        rows = min(4, len(target))
+        strip = np.concatenate([
+            np.concatenate([rearrange(target[i].numpy(), "t h w c -> h (t w) c"),
+                            rearrange(dream_frames[i].numpy(), "t h w c -> h (t w) c")], 0)
+            for i in range(rows)], 0)
+        return metrics, {"real_vs_dream": strip.repeat(2, 0).repeat(2, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import tyro
+
+    from worldsim.training.distributed import shutdown_distributed
+    from worldsim.training.loop import resolve_checkpoint
+    from worldsim.world_model import build_bundle
+
+    cfg = tyro.cli(TrainDynamicsConfig, args=argv)
+    ctx = setup(cfg.train)
+    task = DynamicsTask(cfg, ctx.device, is_main=ctx.is_main)
+    if ctx.is_main:
+        params = sum(p.numel() for p in task.model.parameters())
+        info = task.data_info()
+        print(f"dynamics {params / 1e6:.2f}M parameters, window {task.window}, latents "
+              f"{task.vae.latent_shape(*info['frame_shape'][:2])}; data {info['frames']} frames, "
+              f"{info['train_windows']} training windows ({info['train_episodes']} train / "
+              f"{info['val_episodes']} val episodes); {ctx.world_size} process(es) on "
+              f"{ctx.device}", flush=True)
+    result = train(task, cfg.train, cfg.out, ctx)
+    if ctx.is_main:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
+        print(f"done: step {result.step}, {result.elapsed_s / 60:.1f} min of training; {shown}",
+              flush=True)
+        if cfg.bundle:
+            bundle = build_bundle(Path(cfg.out) / "bundle", vae_checkpoint=resolve_checkpoint(cfg.vae),
+                                  dynamics_checkpoint=result.checkpoint, data=cfg.data,
+                                  num_contexts=cfg.bundle_contexts, metrics=result.metrics)
+            print(f"bundle: {bundle}", flush=True)
+    shutdown_distributed(ctx)

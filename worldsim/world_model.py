@@ -1,0 +1,274 @@
+"""The learned simulator as one object: VAE + dynamics (DiT with reward/termination heads) +
+the spaces and real start contexts of the data it learnt from.
+
+A checkpoint bundle is a directory::
+
+    BUNDLE/config.json                 format, env id, observation and action spaces, sampler
+                                       settings, data fingerprint, versions, metrics
+    BUNDLE/vae/                        the VAE checkpoint (config.json + model.safetensors)
+    BUNDLE/dynamics/                   the dynamics checkpoint (config.json + model.safetensors)
+    BUNDLE/start_contexts.safetensors  real start contexts from validation episodes:
+                                       frames uint8 (N, K, H, W, 3), actions.<key> (N, K-1, ...)
+
+`WorldModel` is what environments, evaluation and play use:
+
+    wm = worldsim.load("BUNDLE")
+    latents = wm.encode(frames)                        # uint8 (B, K, H, W, 3) -> (B, K, C, h, w)
+    state = wm.start(latents, actions)                 # actions {key: (B, K-1, ...)} or None
+    out = wm.step(state, actions, generator)           # actions {key: (B, ...)}
+    out.latents (B, C, h, w), out.reward (B,), out.termination_prob (B,), out.state
+    frames = wm.decode(out.latents)                    # -> uint8 (B, H, W, 3)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from worldsim.spaces import action_keys, space_from_json, space_to_json
+
+BUNDLE_FORMAT = "worldsim-bundle"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, corrupt or does not match what loads it. Names the file."""
+
+
+@dataclass
+class StepOutput:
+    latents: torch.Tensor           # (B, C, h, w) the predicted next latent frame
+    reward: torch.Tensor            # (B,) expected reward of the transition
+    termination_prob: torch.Tensor  # (B,) probability that the new frame is terminal
+    reward_probs: torch.Tensor      # (B, R) distribution over the reward support
+    state: Any                      # the rollout state after the step (KV cache, positions)
+
+
+# Real start contexts shipped with a bundle: how many, and how many frames each (K frames and
+# the K-1 actions between them). K frames of history give the DiT motion to continue from.
+DEFAULT_START_CONTEXTS = 128
+DEFAULT_CONTEXT_FRAMES = 4
+
+
+def load_dynamics(directory: str | Path, device: str | torch.device = "cpu",
+                  weights: str | None = None):
+    """A `DynamicsModel` from a checkpoint directory: a bundle's `dynamics/`, a training
+    checkpoint (EMA weights unless `weights="model"`), or a training run directory (its newest
+    checkpoint). Strict: the config must describe a dynamics model and every tensor must fit."""
+    from worldsim.models.dynamics import DynamicsConfig, DynamicsModel
+    from worldsim.training.checkpoint import (
+        load_checkpoint,
+        load_state_dict_strict,
+        read_config,
+    )
+    from worldsim.training.loop import resolve_checkpoint
+
+    directory = resolve_checkpoint(directory)
+    meta = read_config(directory)
+    if meta.get("kind") != "dynamics" or "dynamics" not in meta or "action_space" not in meta:
+        raise CheckpointError(f"{directory}/config.json does not describe a dynamics model "
+                              f"(kind={meta.get('kind')!r})")
+    try:
+        config = DynamicsConfig.from_dict(meta["dynamics"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{directory}/config.json: {e}") from e
+    files = meta["checkpoint"]["files"]
+    group = weights or ("ema" if "ema" in files else "model")
+    _, tensors = load_checkpoint(directory, groups=[group])
+    model = DynamicsModel(config, space_from_json(meta["action_space"]))
+    load_state_dict_strict(model, tensors[group], f"{directory}/{group}.safetensors")
+    return model.to(device).eval(), meta
+
+
+class WorldModel:
+    """VAE + dynamics + start contexts: encode frames, step batches of latent rollouts with
+    actions (next latent, reward, termination), decode. See the module docstring."""
+
+    def __init__(self, vae, dynamics, config: dict[str, Any], start_frames: np.ndarray,
+                 start_actions: dict[str, np.ndarray], source: str = ""):
+        self.vae, self.dynamics, self.config, self.source = vae, dynamics, config, source
+        self.observation_space: spaces.Box = space_from_json(config["observation_space"])
+        self.action_space: spaces.Space = space_from_json(config["action_space"])
+        self.action_keys = action_keys(self.action_space)
+        self.env_id: str = config.get("env_id", "")
+        self.start_frames = start_frames      # uint8 (N, K, H, W, 3)
+        self.start_actions = start_actions    # {key: (N, K-1, ...)}
+        H, W = self.observation_space.shape[:2]
+        self.latent_shape: tuple[int, int, int] = tuple(vae.latent_shape(H, W))
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None) -> WorldModel:
+        from worldsim.models.vae import VAE
+        from worldsim.runtime import choose_device
+        from worldsim.training.checkpoint import load_checkpoint
+
+        path = Path(path)
+        if not (path / "config.json").exists():
+            raise CheckpointError(f"{path} is not a worldsim checkpoint bundle "
+                                  f"({path / 'config.json'} does not exist)")
+        device = choose_device(device if device is None else str(device))
+        config, tensors = load_checkpoint(path, groups=["start_contexts"])
+        if config.get("format") != BUNDLE_FORMAT:
+            raise CheckpointError(f"{path}/config.json is not a {BUNDLE_FORMAT} "
+                                  f"(format={config.get('format')!r})")
+        vae = VAE.from_checkpoint(path / "vae", device=device)
+        dynamics, dyn_meta = load_dynamics(path / "dynamics", device=device)
+        if dyn_meta["action_space"] != config["action_space"]:
+            raise CheckpointError(f"{path}/dynamics was trained for another action space than "
+                                  f"the bundle declares")
+        if dynamics.config.dit.in_channels != vae.latent_channels:
+            raise CheckpointError(f"{path}: the dynamics model takes "
+                                  f"{dynamics.config.dit.in_channels} latent channels, the VAE "
+                                  f"makes {vae.latent_channels}")
+        ctx = tensors["start_contexts"]
+        frames = ctx["frames"].numpy()
+        actions = {k[len("actions."):]: v.numpy() for k, v in ctx.items()
+                   if k.startswith("actions.")}
+        return cls(vae, dynamics, config, frames, actions, source=str(path))
+
+    @property
+    def device(self) -> torch.device:
+        return self.dynamics.device
+
+    @property
+    def context_frames(self) -> int:
+        """K, the number of real frames in each shipped start context."""
+        return int(self.start_frames.shape[1])
+
+    @property
+    def window(self) -> int:
+        """Frames the DiT attends over (its KV cache holds this many)."""
+        return int(self.dynamics.config.dit.window)
+
+    @property
+    def num_start_contexts(self) -> int:
+        return int(self.start_frames.shape[0])
+
+    # ------------------------------------------------------------------ frames <-> latents
+    @torch.no_grad()
+    def encode(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 frames (..., H, W, 3) -> normalised latents (..., C, h, w) on the device."""
+        frames = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor)
+                                 else frames).to(self.device)
+        return self.vae.encode_frames(frames).float()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (..., C, h, w) -> uint8 frames (..., H, W, 3) on the device."""
+        return self.vae.decode_frames(latents)
+
+    # ------------------------------------------------------------------ actions
+    def action_tensors(self, actions: dict[str, Any], batch_shape: tuple[int, ...]
+                       ) -> dict[str, torch.Tensor]:
+        """Stacked actions {key: (*batch_shape, ...)} as tensors on the device, checked
+        against the action space (a clear error names the space on a mismatch)."""
+        out = {}
+        for key in self.action_keys:
+            if key not in actions:
+                raise ValueError(f"actions lack {key!r}; the action space is {self.action_space}")
+            sub = self.action_space[key] if isinstance(self.action_space, spaces.Dict) \
+                else self.action_space
+            value = np.asarray(actions[key]) if not isinstance(actions[key], torch.Tensor) \
+                else actions[key]
+            expected = (*batch_shape, *sub.shape)
+            if tuple(value.shape) != expected:
+                raise ValueError(f"action {key!r} has shape {tuple(value.shape)}, expected "
+                                 f"{expected} for the space {sub}")
+            out[key] = torch.as_tensor(value).to(self.device)
+        return out
+
+    # ------------------------------------------------------------------ rollouts
+    def start(self, latents: torch.Tensor, actions: dict[str, Any] | None = None,
+              generator: torch.Generator | None = None):
+        """Begin B rollouts from K context latents (B, K, C, h, w) and the K-1 actions between
+        them ({key: (B, K-1, ...)}; None for K = 1 or to condition on "no action")."""
+        B, K = latents.shape[:2]
+        if actions is None:
+            if K > 1:
+                raise ValueError(f"{K} context frames need the {K - 1} actions between them")
+            actions = {k: np.zeros((B, 0, *v.shape[2:]), v.dtype)
+                       for k, v in self.start_actions.items()}
+        actions = self.action_tensors(actions, (B, K - 1))
+        return self.dynamics.start(latents.to(self.device), actions, generator)
+
+    def step(self, state, actions: dict[str, Any], generator: torch.Generator | None = None,
+             num_steps: int | None = None, sampler: str | None = None) -> StepOutput:
+        """One imagined step for every row: actions {key: (B, ...)}."""
+        actions = self.action_tensors(actions, (state.batch_size,))
+        with torch.no_grad():
+            out = self.dynamics.step(state, actions, generator, num_steps=num_steps,
+                                     sampler=sampler)
+        return StepOutput(out.latents, out.reward, out.termination_prob,
+                          out.state.reward_probs, out.state)
+
+    @property
+    def reward_support(self) -> torch.Tensor:
+        return self.dynamics.heads.support
+
+
+def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkpoint: str | Path,
+                 data: str | Path, num_contexts: int = DEFAULT_START_CONTEXTS,
+                 context_frames: int = DEFAULT_CONTEXT_FRAMES, seed: int = 0,
+                 metrics: dict | None = None) -> Path:
+    """Assemble a bundle from a VAE checkpoint, a dynamics checkpoint (EMA weights) and real
+    start contexts drawn (seeded) from the validation episodes of the dataset `data`."""
+    import tempfile
+
+    from worldsim.data.store import EpisodeStore
+    from worldsim.models.vae import VAE
+    from worldsim.training.checkpoint import save_checkpoint, versions
+
+    store = EpisodeStore(data)
+    vae = VAE.from_checkpoint(vae_checkpoint)
+    dynamics, dyn_meta = load_dynamics(dynamics_checkpoint)
+    if dyn_meta["action_space"] != space_to_json(store.action_space):
+        raise CheckpointError(f"{dynamics_checkpoint} was trained for another action space "
+                              f"than the dataset {data} holds")
+    rng = np.random.default_rng(seed)
+    names = [n for n in store.split("val") if store.length(n) + 1 >= context_frames]
+    if not names:
+        raise ValueError(f"{data} has no validation episode of {context_frames} frames or more")
+    frames, actions = [], {k: [] for k in store.action_keys}
+    for i in range(num_contexts):
+        ep = store.load(names[i % len(names)] if i < len(names) else rng.choice(names))
+        # Half the contexts start at the episode's first frame, as a reset does in the game.
+        start = 0 if i % 2 == 0 else int(rng.integers(0, ep.length + 2 - context_frames))
+        frames.append(np.asarray(ep.frames[start:start + context_frames]))
+        for k in actions:
+            actions[k].append(np.asarray(ep.actions[k][start:start + context_frames - 1]))
+    contexts = {"frames": torch.from_numpy(np.stack(frames))}
+    contexts.update({f"actions.{k}": torch.from_numpy(np.stack(v)) for k, v in actions.items()})
+    with tempfile.TemporaryDirectory() as tmp:
+        vae.save(Path(tmp) / "vae", metrics=vae_metrics(vae_checkpoint))
+        dyn_config = {k: v for k, v in dyn_meta.items() if k not in ("checkpoint", "state")}
+        save_checkpoint(Path(tmp) / "dynamics", dyn_config,
+                        {"model": dynamics.state_dict()})
+        config = {
+            "format": BUNDLE_FORMAT,
+            "env_id": store.env_id,
+            "observation_space": space_to_json(store.observation_space),
+            "action_space": space_to_json(store.action_space),
+            "context_frames": context_frames,
+            "data": {"path": str(Path(data).resolve()), "episodes": len(store),
+                     "frames": store.num_frames, "start_context_seed": seed},
+            "vae_fingerprint": vae.fingerprint(),
+            "versions": versions(),
+            "metrics": metrics or {},
+        }
+        return save_checkpoint(out, config, {"start_contexts": contexts},
+                               subdirectories={"vae": Path(tmp) / "vae",
+                                               "dynamics": Path(tmp) / "dynamics"})
+
+
+def vae_metrics(path: str | Path) -> dict:
+    """The metrics recorded in a VAE checkpoint's config.json (empty if none)."""
+    from worldsim.training.checkpoint import read_config
+    from worldsim.training.loop import resolve_checkpoint
+
+    return dict(read_config(resolve_checkpoint(path)).get("metrics", {}))
