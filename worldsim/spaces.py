@@ -23,8 +23,8 @@ def space_to_json(space: spaces.Space) -> dict[str, Any]:
     if isinstance(space, spaces.Box):
         return {
             "type": "Box",
-            "low": space.low.tolist(),
-            "high": space.high.tolist(),
+            "low": _bounds_to_json(space.low),
+            "high": _bounds_to_json(space.high),
             "shape": list(space.shape),
             "dtype": np.dtype(space.dtype).name,
         }
@@ -34,6 +34,14 @@ def space_to_json(space: spaces.Space) -> dict[str, Any]:
         return {"type": "Tuple", "spaces": [space_to_json(s) for s in space.spaces]}
     raise TypeError(f"cannot serialise a {type(space).__name__}; supported: Discrete, "
                     "MultiDiscrete, MultiBinary, Box, Dict, Tuple")
+
+
+def _bounds_to_json(bound: np.ndarray) -> Any:
+    """A Box bound as one number when it is the same everywhere (a 64x64x3 image's 0 and
+    255), else as nested lists."""
+    if bound.size and (bound == bound.flat[0]).all():
+        return bound.flat[0].item()
+    return bound.tolist()
 
 
 def space_from_json(data: dict[str, Any] | str) -> spaces.Space:
@@ -48,9 +56,11 @@ def space_from_json(data: dict[str, Any] | str) -> spaces.Space:
     if kind == "MultiBinary":
         return spaces.MultiBinary(data["n"])
     if kind == "Box":
-        dtype = np.dtype(data["dtype"])
-        return spaces.Box(np.array(data["low"], dtype=dtype), np.array(data["high"], dtype=dtype),
-                          shape=tuple(data["shape"]), dtype=dtype)
+        dtype, shape = np.dtype(data["dtype"]), tuple(data["shape"])
+        # a single number stands for a bound that is the same everywhere
+        low, high = (np.broadcast_to(np.array(data[k], dtype=dtype), shape).copy()
+                     for k in ("low", "high"))
+        return spaces.Box(low, high, shape=shape, dtype=dtype)
     if kind == "Dict":
         return spaces.Dict({k: space_from_json(v) for k, v in data["spaces"].items()})
     if kind == "Tuple":
