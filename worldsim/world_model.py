@@ -22,6 +22,7 @@ A checkpoint bundle is a directory::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,46 @@ class WorldModel:
         actions = {k[len("actions."):]: v.numpy() for k, v in ctx.items()
                    if k.startswith("actions.")}
         return cls(vae, dynamics, config, frames, actions, source=str(path))
+
+    @classmethod
+    def untrained(cls, observation_space: spaces.Box, action_space: spaces.Space, *,
+                  vae_config=None, dynamics_config=None, start_frames: np.ndarray | None = None,
+                  start_actions: dict[str, np.ndarray] | None = None, env_id: str = "",
+                  seed: int = 0, device: str | torch.device | None = None) -> WorldModel:
+        """A world model with freshly initialised weights and an identity latent scale, for
+        measuring speed (which does not depend on the weights) before a trained model exists.
+        Its frames are meaningless. Defaults: `VAEConfig()` and `DynamicsConfig()` (the DiT
+        "S" preset), its input channels set to the VAE's. Without `start_frames` it gets one
+        start context of DEFAULT_CONTEXT_FRAMES uniform random frames and random actions."""
+        from worldsim.models.dynamics import DynamicsConfig, DynamicsModel
+        from worldsim.models.vae import VAE, VAEConfig
+        from worldsim.runtime import choose_device
+        from worldsim.spaces import stack_actions
+
+        device = choose_device(device if device is None else str(device))
+        dyn_config = dynamics_config or DynamicsConfig()
+        vae_config = vae_config or VAEConfig()
+        dyn_config = dataclasses.replace(dyn_config, dit=dataclasses.replace(
+            dyn_config.dit, in_channels=vae_config.latent_channels))
+        with torch.random.fork_rng(devices=[]):  # seeded weights, global RNG left alone
+            torch.manual_seed(seed)
+            vae = VAE(vae_config)
+            dynamics = DynamicsModel(dyn_config, action_space)
+        if start_frames is None:
+            rng = np.random.default_rng(seed)
+            K = DEFAULT_CONTEXT_FRAMES
+            start_frames = rng.integers(0, 256, (1, K, *observation_space.shape), dtype=np.uint8)
+            action_space.seed(seed)
+            stacked = stack_actions(action_space, [action_space.sample() for _ in range(K - 1)])
+            start_actions = {k: v[None] for k, v in stacked.items()}
+        if start_actions is None:
+            raise ValueError("start_frames need start_actions {key: (N, K-1, ...)}")
+        config = {"format": BUNDLE_FORMAT, "env_id": env_id,
+                  "observation_space": space_to_json(observation_space),
+                  "action_space": space_to_json(action_space),
+                  "context_frames": int(start_frames.shape[1]), "untrained": True}
+        return cls(vae.to(device).eval(), dynamics.to(device).eval(), config,
+                   np.asarray(start_frames), start_actions, source="untrained")
 
     @property
     def device(self) -> torch.device:

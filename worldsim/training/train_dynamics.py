@@ -31,6 +31,7 @@ from worldsim.data.store import EpisodeStore, WindowDataset, collate
 from worldsim.evaluation.metrics import frame_metrics
 from worldsim.models.dit import DiTConfig
 from worldsim.models.dynamics import (
+    TEACHER_FORCING_PROB,
     DynamicsConfig,
     DynamicsModel,
     HeadsConfig,
@@ -66,8 +67,9 @@ class TrainDynamicsConfig:
     """Shape of the DiT (in_channels is taken from the VAE)."""
     window: int = 0
     """Frames per training window (0 = the DiT's attention window)."""
-    context_layout_prob: float = 0.25
-    """Share of windows laid out as at inference: clean context, noisy last frame."""
+    teacher_forcing_prob: float = TEACHER_FORCING_PROB
+    """Share of windows in the teacher-forcing layout (every frame noisy, attending to nearly
+    clean earlier frames, as at inference); the rest use Diffusion Forcing."""
     train: TrainConfig = field(default_factory=_default_train)
     eval_windows: int = 32
     """Validation windows used by each evaluation."""
@@ -111,7 +113,7 @@ class DynamicsTask(TrainingTask):
         heads = self._heads_config()
         dit = dataclasses.replace(cfg.dit, in_channels=self.vae.latent_channels)
         self.dynamics_config = DynamicsConfig(dit=dit, heads=heads,
-                                              context_layout_prob=cfg.context_layout_prob)
+                                              teacher_forcing_prob=cfg.teacher_forcing_prob)
         self.model = DynamicsModel(self.dynamics_config, self.store.action_space).to(self.device)
         self._eval_windows: dict[str, Any] | None = None
 
