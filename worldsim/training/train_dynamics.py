@@ -168,10 +168,9 @@ class DynamicsTask(TrainingTask):
         return self._to_device(self.train_set.sample(batch_size, rng))
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
-        # The loop hands the DDP wrapper under torchrun; the loss lives on the module itself.
-        module = model.module if hasattr(model, "module") else model
-        return module.loss(batch["latents"], batch["actions"], batch["rewards"],
-                           batch["terminated"])
+        # `model` is the DistributedDataParallel wrapper under torchrun: call it, so gradients
+        # are synchronised (DynamicsModel.forward is its training loss).
+        return model(batch["latents"], batch["actions"], batch["rewards"], batch["terminated"])
 
     # ------------------------------------------------------------------ evaluation
     def _validation(self) -> dict[str, Any]:

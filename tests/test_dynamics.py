@@ -1,0 +1,264 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from worldsim.diffusion.edm import add_noise, append_dims, get_scalings
+from worldsim.models.dit import Conditioning, dit_tiny
+from worldsim.models.dynamics import (
+    DynamicsConfig,
+    DynamicsModel,
+    HeadsConfig,
+    RewardTerminationHead,
+    reward_class_weights,
+    reward_support_from_data,
+    termination_pos_weight,
+    two_hot,
+)
+from worldsim.models.kv_cache import KVCache
+
+C, H, W = 4, 8, 8
+# Synthetic game: a blob on a 4x4 grid of 2x2-latent-pixel cells, moved by Discrete(5)
+# actions (no-op, up, down, left, right; wrapping); reward 1 for moving into the corner cell.
+MOVES = torch.tensor([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]])
+
+
+def render(cells: torch.Tensor) -> torch.Tensor:
+    """cells (..., 2) -> latents (..., C, H, W): blob in channel 0, a fixed gradient in 1."""
+    x = torch.full((*cells.shape[:-1], C, H, W), -0.5)
+    x[..., 1, :, :] = torch.linspace(-1, 1, W)
+    grid = torch.arange(H) // 2
+    blob = ((grid[:, None] == cells[..., 0, None, None])
+            & (grid[None, :] == cells[..., 1, None, None]))
+    x[..., 0, :, :] = torch.where(blob, 1.5, -0.5)
+    return x
+
+
+def synthetic_batch(B: int, T: int, g: torch.Generator):
+    cells = torch.randint(0, 4, (B, 2), generator=g)
+    actions = torch.randint(0, 5, (B, T - 1), generator=g)
+    trajectory = [cells]
+    for t in range(T - 1):
+        cells = (cells + MOVES[actions[:, t]]) % 4
+        trajectory.append(cells)
+    trajectory = torch.stack(trajectory, 1)
+    rewards = ((trajectory[:, 1:] == 0).all(-1) & (actions != 0)).float()
+    terminated = torch.zeros(B, T - 1, dtype=torch.bool)
+    return render(trajectory), {"action": actions}, rewards, terminated
+
+
+def tiny_model(**heads) -> DynamicsModel:
+    torch.manual_seed(0)
+    config = DynamicsConfig(dit=dit_tiny(window=4), heads=HeadsConfig(**heads))
+    return DynamicsModel(config, spaces.Discrete(5))
+
+
+def test_tiny_training_run_loss_falls():
+    model = tiny_model(reward_support=(0.0, 1.0))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    history = []
+    for _ in range(120):
+        loss, metrics = model.loss(*synthetic_batch(8, 4, g), generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(metrics)
+    mean = lambda key, part: float(np.mean([m[key] for m in part]))  # noqa: E731
+    for key in ("diffusion_loss", "reward_loss", "loss"):
+        assert mean(key, history[-20:]) < 0.5 * mean(key, history[:10]), key
+
+
+def test_loss_metrics_gradients_and_layouts():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(0)
+    latents, actions, rewards, terminated = synthetic_batch(3, 5, g)
+    loss, metrics = model.loss(latents, actions, rewards, terminated, generator=g)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert set(metrics) == {"loss", "diffusion_loss", "reward_loss", "termination_loss",
+                            "reward_mae"}
+    loss.backward()
+    assert model.action_encoder.null.grad is not None  # frame 0's "no action" is trained
+    # Same generator state -> same loss (all randomness comes from the generator).
+    again, _ = model.loss(latents, actions, rewards, terminated,
+                          generator=torch.Generator().manual_seed(0))
+    first, _ = model.loss(latents, actions, rewards, terminated,
+                          generator=torch.Generator().manual_seed(0))
+    assert again.item() == first.item()
+    # Windows longer than the attention window are fine (the window slides).
+    long = synthetic_batch(2, 9, g)
+    assert torch.isfinite(model.loss(*long, generator=g)[0])
+
+
+def test_training_noise_levels_and_layout_choice():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(0)
+    sigma, teacher_forcing = model.training_noise_levels(4000, 5, g)
+    assert sigma.shape == (4000, 5) and teacher_forcing.shape == (4000,)
+    assert (sigma[:, 1:] != sigma[:, :1]).float().mean() > 0.99  # every frame its own level
+    share = model.config.teacher_forcing_prob
+    assert abs(teacher_forcing.float().mean().item() - share) < 0.03
+
+
+def test_teacher_forcing_layout_is_the_inference_situation():
+    """In the teacher-forcing layout, noisy frame t is denoised exactly as the sampler
+    denoises it at inference: attending to the cached frames 0..t-1 (at the context level,
+    window 4) and to itself. Checked against the KV-cached network, frame by frame."""
+    model = tiny_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    B, T = 2, 7
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(B, T, C, H, W, generator=g)
+    noise, context_noise = torch.randn(x0.shape, generator=g), torch.randn(x0.shape, generator=g)
+    sigma = torch.rand(B, T, generator=g) * 5 + 0.05
+    emb = model.embed_actions({"action": torch.randint(0, 5, (B, T - 1), generator=g)}, T)
+    with torch.no_grad():
+        frame_loss, head_tokens = model._denoising_pass(x0, emb, sigma, noise, context_noise)
+        dcfg = model.config.diffusion
+        den = model.denoiser
+        for t in range(T):
+            cache = KVCache.empty(B, model.config.dit.window, model.config.dit.depth)
+            if t:
+                ctx_sigma = torch.full((B, t), dcfg.context_sigma)
+                x_ctx = add_noise(x0[:, :t], ctx_sigma, context_noise[:, :t])
+                s = get_scalings(ctx_sigma, dcfg.sigma_data)
+                model.dit.features(append_dims(s.c_in, 5) * x_ctx, s.c_noise,
+                                   Conditioning(emb[:, :t], cache))
+                cache.commit(t)
+            cache.next_position[:] = t
+            x_t = add_noise(x0[:, t:t + 1], sigma[:, t:t + 1], noise[:, t:t + 1])
+            denoised = den(x_t, sigma[:, t:t + 1], Conditioning(emb[:, t:t + 1], cache))
+            weight = 1 / get_scalings(sigma[:, t], dcfg.sigma_data).c_out ** 2
+            expected = weight * (denoised - x0[:, t:t + 1]).pow(2).flatten(1).mean(-1)
+            torch.testing.assert_close(frame_loss[:, t], expected, rtol=1e-4, atol=1e-5)
+    assert head_tokens.shape == (B, T - 1, 16, 64)
+
+
+def test_loss_rejects_misaligned_inputs():
+    model = tiny_model()
+    latents, actions, rewards, terminated = synthetic_batch(2, 4, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"rewards and terminated of shape \(2, 3\)"):
+        model.loss(latents, actions, rewards[:, :2], terminated)
+    with pytest.raises(ValueError, match=r"need \(B, 3, \.\.\.\) actions"):
+        model.loss(latents, {"action": actions["action"][:, :2]}, rewards, terminated)
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        model.loss(latents[:, :1], {"action": actions["action"][:, :0]}, rewards[:, :0],
+                   terminated[:, :0])
+
+
+def test_rollout_shapes_determinism_and_ranges():
+    model = tiny_model().eval()
+    g = torch.Generator().manual_seed(0)
+    latents, actions, _, _ = synthetic_batch(2, 3, g)
+
+    def rollout(seed):
+        gen = torch.Generator().manual_seed(seed)
+        state = model.start(latents, actions, gen)
+        outs = [model.step(state, {"action": torch.tensor([1, 4])}, gen) for _ in range(3)]
+        return torch.stack([o.latents for o in outs]), outs[-1]
+
+    a, last = rollout(7)
+    b, _ = rollout(7)
+    c, _ = rollout(8)
+    assert a.shape == (3, 2, C, H, W) and torch.equal(a, b) and not torch.equal(a, c)
+    assert last.reward.shape == (2,) and last.termination_prob.shape == (2,)
+    assert bool(((last.termination_prob >= 0) & (last.termination_prob <= 1)).all())
+    assert last.state.reward_probs.shape == (2, 5)
+    # A fresh model's denoiser is D(x) = c_skip x: the sample is the noise shrunk by c_skip.
+    assert torch.isfinite(a).all()
+    with pytest.raises(ValueError, match="3 actions for a rollout of 2 rows"):
+        model.step(last.state, {"action": torch.tensor([1, 2, 3])})
+    with pytest.raises(ValueError, match="unknown sampler"):
+        model.step(last.state, {"action": torch.tensor([1, 2])}, sampler="ddpm")
+
+
+def test_start_from_one_frame_without_actions():
+    model = tiny_model().eval()
+    state = model.start(torch.randn(2, 1, C, H, W), {"action": torch.zeros(2, 0, dtype=torch.long)})
+    out = model.step(state, {"action": torch.tensor([0, 1])}, num_steps=2, sampler="heun")
+    assert out.latents.shape == (2, C, H, W) and out.state.position.tolist() == [2, 2]
+    # Without actions at all (image prompting); the same as an empty action array.
+    a = model.start(torch.ones(2, 1, C, H, W), None, torch.Generator().manual_seed(0))
+    b = model.start(torch.ones(2, 1, C, H, W), {"action": torch.zeros(2, 0, dtype=torch.long)},
+                    torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a.cache.keys[0], b.cache.keys[0])
+    with pytest.raises(ValueError, match="need the 1 actions"):
+        model.start(torch.ones(2, 2, C, H, W), None)
+
+
+def test_dict_action_space_end_to_end():
+    space = spaces.Dict({"camera": spaces.Box(-180.0, 180.0, (2,), np.float32),
+                         "hotbar.1": spaces.Discrete(2), "forward": spaces.Discrete(2)})
+    model = DynamicsModel(DynamicsConfig(dit=dit_tiny()), space)
+    B, T = 2, 3
+    actions = {"camera": torch.randn(B, T - 1, 2), "hotbar.1": torch.ones(B, T - 1, dtype=torch.long),
+               "forward": torch.zeros(B, T - 1, dtype=torch.long)}
+    loss, _ = model.loss(torch.randn(B, T, C, H, W), actions, torch.zeros(B, T - 1),
+                         torch.zeros(B, T - 1, dtype=torch.bool))
+    assert torch.isfinite(loss)
+    state = model.start(torch.randn(B, T, C, H, W), actions)
+    out = model.step(state, {k: v[:, 0] for k, v in actions.items()})
+    assert out.latents.shape == (B, C, H, W)
+
+
+def test_two_hot_round_trip():
+    support = torch.tensor([-1.0, -0.1, 0.0, 0.1, 1.0])
+    values = torch.tensor([0.0, 1.0, 0.9, -0.05, 1.1, -3.0, 0.1])
+    target = two_hot(values, support)
+    torch.testing.assert_close(target.sum(-1), torch.ones(7))
+    torch.testing.assert_close(target @ support, values.clamp(-1, 1))
+    assert target[0].tolist() == [0, 0, 1, 0, 0]
+
+
+def test_heads_loss_weights_and_decoding():
+    head = RewardTerminationHead(8, HeadsConfig(reward_support=(0.0, 1.0),
+                                                reward_class_weights=(1.0, 5.0),
+                                                termination_pos_weight=3.0))
+    logits = torch.zeros(1, 2, 2)
+    rewards = torch.tensor([[0.0, 1.0]])
+    r_loss, t_loss = head.loss(logits, torch.zeros(1, 2), rewards, torch.tensor([[False, True]]))
+    # Uniform logits: CE = ln 2 per transition, weighted 1 and 5.
+    assert abs(r_loss.item() - np.log(2) * 3) < 1e-5
+    assert abs(t_loss.item() - np.log(2) * 2) < 1e-5
+    confident = torch.tensor([[[0.0, 3.0]]])
+    assert head.decode(confident, "mode").item() == 1.0
+    assert 0.9 < head.decode(confident, "mean").item() < 1.0
+    with pytest.raises(ValueError, match="increasing"):
+        RewardTerminationHead(8, HeadsConfig(reward_support=(1.0, 0.0)))
+
+
+def test_weights_and_support_from_data():
+    rewards = torch.cat([torch.zeros(990), torch.ones(10)])
+    support = reward_support_from_data(rewards)
+    assert support == (0.0, 1.0)
+    weights = reward_class_weights(rewards, support)
+    assert weights[1] > 5 * weights[0]
+    freq = torch.tensor([0.99, 0.01])
+    assert abs(float((freq * torch.tensor(weights)).sum()) - 1.0) < 1e-4
+    assert termination_pos_weight(torch.tensor([True] + [False] * 99)) == pytest.approx(99**0.5)
+    crafter = reward_support_from_data(torch.tensor([0.0, 1.0, -0.1, 0.1, 0.9, 0.0]))
+    assert crafter == (-0.1, 0.0, 0.1, 0.9, 1.0)
+
+
+def test_config_round_trips_through_json_strictly():
+    config = DynamicsConfig(dit=dit_tiny(window=6), heads=HeadsConfig(reward_class_weights=(1.0,) * 5))
+    data = json.loads(json.dumps(config.to_dict()))
+    assert DynamicsConfig.from_dict(data) == config
+    data["dit"]["colour"] = 1
+    with pytest.raises(ValueError, match=r"dit: unknown settings \['colour'\]"):
+        DynamicsConfig.from_dict(data)
+    del data["dit"]["colour"], data["diffusion"]["context_sigma"]
+    with pytest.raises(ValueError, match="missing.*context_sigma"):
+        DynamicsConfig.from_dict(data)
+
+
+def test_state_dict_holds_only_learned_weights():
+    model = tiny_model()
+    keys = model.state_dict().keys()
+    assert not any(k.endswith(("support", "class_weights", "pos_weight", "offsets")) for k in keys)
+    clone = tiny_model()
+    clone.load_state_dict(model.state_dict(), strict=True)

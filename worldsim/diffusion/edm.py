@@ -1,0 +1,162 @@
+"""EDM preconditioning and loss (Karras et al. 2022, "Elucidating the Design Space of
+Diffusion-Based Generative Models"), shared by training and sampling through one
+`get_scalings`.
+
+The network F never sees raw noisy latents: the denoiser is
+    D(x; sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x; c_noise(sigma))     (Eq. 7)
+and training minimises lambda(sigma) ||D(y + sigma n; sigma) - y||^2 with
+lambda = 1 / c_out^2 (Eq. 8 and Table 1), which is the same as a unit-weight regression of F
+onto the "effective target" (y - c_skip x) / c_out. `edm_loss` computes it in that form.
+
+Tensor letters: B batch, T frames, C latent channels, h w latent height and width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+# Latents are divided by the VAE's latent scale factor (computed from data, stored in the VAE
+# checkpoint) so that they have unit variance; EDM's sigma_data is the data's standard deviation.
+SIGMA_DATA = 1.0
+
+# Noise level of context frames at inference. Context frames carry a little noise so the model
+# does not trust its own slightly-off predictions as if they were clean (Oasis labels its context
+# with noise level 15/1000 of a sigmoid schedule, i.e. sigma ~0.07 in these units; GameNGen
+# found context noise "critical" against drift). Training covers it: Diffusion Forcing draws
+# every frame's level independently, and the context layout uses exactly this level.
+CONTEXT_SIGMA = 0.07
+
+# Training noise levels: log-normal (EDM Sec. 5). DIAMOND uses P_mean = -0.4, P_std = 1.2 for
+# data with sigma_data = 0.5; shifted by ln 2 for unit-variance latents. Its higher median than
+# EDM's images (-1.2) puts weight on the high levels where the layout of the next frame is set.
+TRAIN_P_MEAN = 0.3
+TRAIN_P_STD = 1.2
+# Clipping of training levels (DIAMOND's 2e-3 and 20, doubled for sigma_data = 1).
+TRAIN_SIGMA_MIN = 4e-3
+TRAIN_SIGMA_MAX = 40.0
+
+# Sampling schedule (Karras rho schedule). The next frame is largely determined by the context,
+# so sampling starts at a lower level than image generation (EDM 80 for sigma_data 0.5);
+# DIAMOND starts at 5 for sigma_data = 0.5, i.e. 10 here.
+SAMPLE_SIGMA_MIN = 4e-3
+SAMPLE_SIGMA_MAX = 10.0
+SAMPLE_RHO = 7.0
+# At most 4 network evaluations per generated frame by default (DESIGN decision 5).
+SAMPLE_STEPS = 4
+
+
+@dataclass
+class DiffusionConfig:
+    """Noise levels and sampler of the dynamics model (all in units of the normalised latent)."""
+
+    sigma_data: float = SIGMA_DATA
+    """Standard deviation of the (normalised) latents; EDM's sigma_data."""
+    context_sigma: float = CONTEXT_SIGMA
+    """Noise level of context frames at inference (stabilisation against drift)."""
+    train_p_mean: float = TRAIN_P_MEAN
+    """Mean of ln(sigma) for training noise levels (log-normal)."""
+    train_p_std: float = TRAIN_P_STD
+    """Standard deviation of ln(sigma) for training noise levels."""
+    train_sigma_min: float = TRAIN_SIGMA_MIN
+    """Smallest training noise level (draws are clipped)."""
+    train_sigma_max: float = TRAIN_SIGMA_MAX
+    """Largest training noise level (draws are clipped)."""
+    sampler: str = "euler"
+    """Default sampler: "euler" (1 evaluation per step) or "heun" (2 per step, 1 for the last)."""
+    num_steps: int = SAMPLE_STEPS
+    """Default number of sampler steps per generated frame."""
+    sample_sigma_min: float = SAMPLE_SIGMA_MIN
+    """Last nonzero noise level of the sampling schedule."""
+    sample_sigma_max: float = SAMPLE_SIGMA_MAX
+    """First noise level of the sampling schedule."""
+    rho: float = SAMPLE_RHO
+    """Karras et al. 2022 Eq. 5 schedule exponent."""
+
+
+@dataclass(frozen=True)
+class Scalings:
+    """EDM preconditioning coefficients, each shaped like the sigma they came from."""
+
+    c_skip: torch.Tensor
+    c_out: torch.Tensor
+    c_in: torch.Tensor
+    c_noise: torch.Tensor
+
+
+def get_scalings(sigma: torch.Tensor, sigma_data: float) -> Scalings:
+    """EDM preconditioning (Karras et al. 2022, Table 1): sigma of any shape (> 0)."""
+    total = sigma**2 + sigma_data**2
+    return Scalings(
+        c_skip=sigma_data**2 / total,          # how much of the noisy input passes through
+        c_out=sigma * sigma_data / total.sqrt(),  # scale of the network's correction
+        c_in=total.rsqrt(),                    # unit-variance network input
+        c_noise=sigma.log() / 4,               # the noise level the network is told
+    )
+
+
+def append_dims(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """`t` with trailing singleton dims up to `ndim` dims, to broadcast over a sample's shape."""
+    return t.reshape(*t.shape, *([1] * (ndim - t.ndim)))
+
+
+def add_noise(x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """x = y + sigma n (the variance-exploding forward process). sigma (B, T), x0 (B, T, ...)."""
+    return x0 + append_dims(sigma, x0.ndim) * noise
+
+
+def edm_loss(net_out: torch.Tensor, x0: torch.Tensor, x_noisy: torch.Tensor,
+             scalings: Scalings) -> torch.Tensor:
+    """EDM loss per frame: ||F - (y - c_skip x) / c_out||^2 averaged over (C, h, w), which
+    equals lambda(sigma) ||D(x) - y||^2 with lambda = 1 / c_out^2 (Eq. 8).
+
+    net_out, x0, x_noisy: (B, T, C, h, w); scalings shaped (B, T). Returns (B, T) in fp32.
+    """
+    c_skip = append_dims(scalings.c_skip, x0.ndim)
+    c_out = append_dims(scalings.c_out, x0.ndim)
+    target = (x0 - c_skip * x_noisy) / c_out
+    return (net_out.float() - target.float()).pow(2).flatten(2).mean(-1)
+
+
+class Network(Protocol):
+    def __call__(self, x: torch.Tensor, c_noise: torch.Tensor, cond: Any) -> torch.Tensor: ...
+
+
+def frame_sigmas(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Noise levels per frame, (B, T), from sigma (B, T), (B,) or a scalar; x (B, T, ...)."""
+    B, T = x.shape[:2]
+    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+    if sigma.ndim == 1:
+        sigma = sigma[:, None]
+    return sigma.expand(B, T)
+
+
+@dataclass
+class Denoiser:
+    """D(x; sigma, cond) around a network F(x_in, c_noise, cond), the contract every sampler
+    uses (`denoiser(x, sigma, cond)`). Holds no parameters of its own.
+
+    x: (B, T, C, h, w) noisy latents; sigma: (B, T) per frame or (B,) for all frames of a
+    sample; cond: whatever the network needs besides x and the noise level (opaque here).
+    """
+
+    net: Network
+    sigma_data: float = SIGMA_DATA
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
+        sigma = frame_sigmas(sigma, x)
+        s = get_scalings(sigma, self.sigma_data)
+        net_out = self.net(append_dims(s.c_in, x.ndim) * x, s.c_noise, cond)
+        # Eq. 7; the network may run in bf16, the skip path stays in x's precision.
+        return append_dims(s.c_skip, x.ndim) * x + append_dims(s.c_out, x.ndim) * net_out.to(x.dtype)
+
+    def loss(self, x0: torch.Tensor, sigma: torch.Tensor, cond: Any,
+             noise: torch.Tensor) -> torch.Tensor:
+        """Per-frame EDM loss (B, T) of denoising x0 + sigma * noise."""
+        sigma = frame_sigmas(sigma, x0)
+        s = get_scalings(sigma, self.sigma_data)
+        x_noisy = add_noise(x0, sigma, noise)
+        net_out = self.net(append_dims(s.c_in, x0.ndim) * x_noisy, s.c_noise, cond)
+        return edm_loss(net_out, x0, x_noisy, s)
