@@ -417,10 +417,20 @@ def test_cli_plays_the_real_game_and_exits_by_itself(tmp_path):
     assert [store.length(n) for n in store.names] == [6]
 
 
-def test_cli_without_a_model_says_what_to_do(tmp_path):
-    out = _cli("play", "--max-frames", "1", cwd=tmp_path)
-    assert out.returncode != 0
-    assert "--checkpoint" in out.stderr and "--real" in out.stderr
+def test_cli_without_a_checkpoint_plays_the_bundled_model(tmp_path):
+    from envs.world_model_env import DEFAULT_CHECKPOINT
+
+    out = _cli("play", "--max-frames", "2", "--fps", "0", cwd=tmp_path)
+    if (DEFAULT_CHECKPOINT / "config.json").exists():
+        assert out.returncode == 0, out.stderr
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        assert result["played"].startswith("dream") and result["frames"] == 2
+    else:  # a checkout without the shipped model says what to do instead
+        assert out.returncode != 0
+        assert "--checkpoint" in out.stderr and "--real" in out.stderr
+
+
+def test_cli_with_a_missing_checkpoint_names_it(tmp_path):
     out = _cli("play", "--checkpoint", str(tmp_path / "missing"), cwd=tmp_path)
     assert out.returncode != 0 and "missing" in out.stderr
 

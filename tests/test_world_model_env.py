@@ -292,6 +292,20 @@ def test_crafter_dream_needs_the_bundled_checkpoint():
         make_crafter_dream()
 
 
+def test_crafter_dream_runs_the_bundled_checkpoint():
+    if not (DEFAULT_CHECKPOINT / "config.json").exists():
+        pytest.skip("the default Crafter world model is not installed in this checkout")
+    env = gym.make("worldsim/CrafterDream-v0")
+    assert env.action_space == gym.spaces.Discrete(17)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    for action in (1, 2, 3):
+        obs, reward, terminated, truncated, info = env.step(action)
+        assert obs.shape == (64, 64, 3) and isinstance(reward, float)
+        assert isinstance(terminated, bool)
+    env.close()
+
+
 def test_an_untrained_world_model_steps_as_an_env():
     """WorldModel.untrained (random weights, for speed measurements before training)."""
     from tiny_bundle import TINY_VAE
