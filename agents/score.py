@@ -19,7 +19,6 @@ run is reproducible given --seed (the agent draws from its own generator, seeded
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from worldsim.data.store import write_json_atomic
 
 
 @dataclass
@@ -215,16 +216,6 @@ def format_report(result: ScoreResult) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Atomic: a temporary file renamed over `path`."""
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 # Layout of the bar plot, in pixels.
 _ROW, _LABEL_W, _BAR_W, _PAD = 18, 150, 300, 8
 
@@ -257,7 +248,7 @@ def write_outputs(result: ScoreResult, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     summary = result.summary()
     summary["written"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    write_json(out / "score.json", summary)
+    write_json_atomic(out / "score.json", summary)
     if summary["success_rates"]:
         score = summary["score"]
         title = (f"{result.agent} on {result.env}: Crafter score {score:.2f}% "

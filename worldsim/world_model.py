@@ -23,7 +23,6 @@ A checkpoint bundle is a directory::
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
