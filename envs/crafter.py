@@ -13,6 +13,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.window import HumanWindow
+
 # The largest world seed crafter's own generator accepts (it reduces seeds modulo this).
 _MAX_WORLD_SEED = 2**31 - 1
 
@@ -130,8 +132,7 @@ class CrafterEnv(gym.Env):
         self.observation_space = spaces.Box(0, 255, (h, w, 3), np.uint8)
         self.action_space = spaces.Discrete(len(self.action_names))
         self._last_obs: np.ndarray | None = None
-        self._window = None
-        self._clock = None
+        self._window: HumanWindow | None = None
 
     # ------------------------------------------------------------------ Gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -176,10 +177,7 @@ class CrafterEnv(gym.Env):
 
     def close(self):
         if self._window is not None:
-            import pygame
-
-            pygame.display.quit()
-            pygame.quit()
+            self._window.close()
             self._window = None
 
     # ------------------------------------------------------------------ helpers
@@ -194,26 +192,13 @@ class CrafterEnv(gym.Env):
         }
 
     def _render_human(self) -> None:
-        try:
-            import pygame
-        except ImportError as e:  # pragma: no cover - pygame-ce is a core dependency
-            raise gym.error.DependencyNotInstalled(
-                "render_mode='human' needs pygame: pip install pygame-ce") from e
-        h, w = self.window_size
         if self._window is None:
-            pygame.init()
-            pygame.display.init()
-            pygame.display.set_caption("Crafter")
-            self._window = pygame.display.set_mode((w, h))
-            self._clock = pygame.time.Clock()
+            self._window = HumanWindow("Crafter", self.window_size, self.metadata["render_fps"])
+        h, w = self.window_size
         # Drawing at window resolution calls crafter's renderer, which draws night-time noise
         # from the world's RNG; restore its state so watching never changes the game.
         rng = self._game._world.random
         state = rng.get_state()
         frame = np.asarray(self._game.render((w, h)), dtype=np.uint8)  # (h, w, 3)
         rng.set_state(state)
-        surface = pygame.surfarray.make_surface(frame.transpose(1, 0, 2))
-        self._window.blit(surface, (0, 0))
-        pygame.event.pump()
-        pygame.display.flip()
-        self._clock.tick(self.metadata["render_fps"])
+        self._window.show(frame)

@@ -27,6 +27,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from envs.window import HumanWindow
 from worldsim.runtime import autocast
 from worldsim.spaces import stack_actions
 from worldsim.world_model import WorldModel
@@ -409,8 +410,7 @@ class WorldModelEnv(gym.Env):
         self.reward_support = wm.reward_support.float().cpu().numpy()
         self.window_size = (window_size, window_size) if isinstance(window_size, int) \
             else tuple(window_size)
-        self._window = None
-        self._clock = None
+        self._window: HumanWindow | None = None
 
     @property
     def context_length(self) -> int:
@@ -471,10 +471,7 @@ class WorldModelEnv(gym.Env):
 
     def close(self):
         if self._window is not None:
-            import pygame
-
-            pygame.display.quit()
-            pygame.quit()
+            self._window.close()
             self._window = None
 
     # ------------------------------------------------------------------ branching
@@ -498,23 +495,10 @@ class WorldModelEnv(gym.Env):
         return stack_actions(self.action_space, [action])
 
     def _show(self, frame: np.ndarray) -> None:
-        try:
-            import pygame
-        except ImportError as e:  # pragma: no cover - pygame-ce is a core dependency
-            raise gym.error.DependencyNotInstalled(
-                "render_mode='human' needs pygame: pip install pygame-ce") from e
-        h, w = self.window_size
         if self._window is None:
-            pygame.init()
-            pygame.display.init()
-            pygame.display.set_caption(f"worldsim dream - {self.world_model.env_id}")
-            self._window = pygame.display.set_mode((w, h))
-            self._clock = pygame.time.Clock()
-        surface = pygame.surfarray.make_surface(frame.transpose(1, 0, 2))
-        self._window.blit(pygame.transform.scale(surface, (w, h)), (0, 0))
-        pygame.event.pump()
-        pygame.display.flip()
-        self._clock.tick(self.metadata["render_fps"])
+            self._window = HumanWindow(f"worldsim dream - {self.world_model.env_id}",
+                                       self.window_size, self.metadata["render_fps"])
+        self._window.show(frame)
 
 
 def observation_space(wm: WorldModel, obs_mode: str) -> spaces.Box:

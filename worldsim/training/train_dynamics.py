@@ -179,11 +179,10 @@ class DynamicsTask(TrainingTask):
             idx = np.unique(np.linspace(0, n - 1, min(self.cfg.eval_windows, n)).astype(int))
             items = [self.val_set[i] for i in idx]
             batch = collate(items)
-            # real frames of the same windows, for pixel-space metrics
-            frames = np.stack([
-                np.asarray(self.store.load(self.val_set.names[self.val_set._index[i][0]]).frames[
-                    self.val_set._index[i][1]:self.val_set._index[i][1] + self.val_set.length])
-                for i in idx])
+            # real frames of the same windows (same split and length: same index), for
+            # pixel-space metrics
+            frame_set = WindowDataset(self.store, "val", length=self.val_set.length)
+            frames = np.stack([frame_set[i]["observations"] for i in idx])
             self._eval_windows = {"batch": self._to_device(batch), "frames": frames}
         return self._eval_windows
 
