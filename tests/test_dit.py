@@ -26,7 +26,8 @@ def run(net, x, seed=0):
     g = torch.Generator().manual_seed(seed)
     c_noise = torch.randn(B, T, generator=g)
     emb = torch.randn(B, T, net.config.width, generator=g)
-    return net(x, c_noise, Conditioning(emb))
+    previous = torch.randn(x.shape, generator=g)
+    return net(x, c_noise, Conditioning(emb, previous=previous))
 
 
 @pytest.mark.parametrize("channels,h,w,p", [(4, 16, 16, 2), (4, 8, 12, 2), (8, 16, 8, 4),
@@ -97,17 +98,24 @@ def test_mask_layout():
 
 def test_actions_and_noise_levels_condition_each_frame():
     net = randomized(DiT(dit_tiny()))
-    x = torch.randn(1, 3, 4, 8, 8)
+    x, previous = torch.randn(1, 3, 4, 8, 8), torch.randn(1, 3, 4, 8, 8)
     c_noise, emb = torch.randn(1, 3), torch.randn(1, 3, 64)
-    base = net(x, c_noise, Conditioning(emb))
+    base = net(x, c_noise, Conditioning(emb, previous=previous))
     emb2 = emb.clone()
     emb2[:, 2] += 1
-    out = net(x, c_noise, Conditioning(emb2))
+    out = net(x, c_noise, Conditioning(emb2, previous=previous))
     assert torch.equal(out[:, :2], base[:, :2]) and not torch.allclose(out[:, 2], base[:, 2])
     c2 = c_noise.clone()
     c2[:, 1] += 1
-    out = net(x, c2, Conditioning(emb))
+    out = net(x, c2, Conditioning(emb, previous=previous))
     assert torch.equal(out[:, :1], base[:, :1]) and not torch.allclose(out[:, 1], base[:, 1])
+    # each frame reads the frame before it through its own patches
+    previous2 = previous.clone()
+    previous2[:, 1] += 1
+    out = net(x, c_noise, Conditioning(emb, previous=previous2))
+    assert torch.equal(out[:, :1], base[:, :1]) and not torch.allclose(out[:, 1], base[:, 1])
+    with pytest.raises(ValueError, match="previous frame"):
+        net(x, c_noise, Conditioning(emb))
 
 
 @pytest.mark.parametrize("frames,h,w", [(1, 8, 8), (3, 8, 12), (9, 16, 16), (2, 4, 20)])
@@ -124,9 +132,9 @@ def test_translation_in_time_does_not_change_outputs():
     net = randomized(DiT(dit_tiny(depth=1, window=2)))
     g = torch.Generator().manual_seed(0)
     x, c_noise = torch.randn(1, 5, 4, 8, 8, generator=g), torch.randn(1, 5, generator=g)
-    emb = torch.randn(1, 5, 64, generator=g)
-    a = net(x, c_noise, Conditioning(emb))
-    b = net(x[:, 1:], c_noise[:, 1:], Conditioning(emb[:, 1:]))
+    emb, previous = torch.randn(1, 5, 64, generator=g), torch.randn(1, 5, 4, 8, 8, generator=g)
+    a = net(x, c_noise, Conditioning(emb, previous=previous))
+    b = net(x[:, 1:], c_noise[:, 1:], Conditioning(emb[:, 1:], previous=previous[:, 1:]))
     torch.testing.assert_close(a[:, 3], b[:, 2], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(a[:, 1], b[:, 0])  # frame 1 sees frame 0 only in the first
 

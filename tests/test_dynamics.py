@@ -5,7 +5,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from worldsim.diffusion.edm import add_noise, append_dims, get_scalings
+from worldsim.diffusion.edm import OffsetDenoiser, add_noise, append_dims, get_scalings
 from worldsim.models.dit import Conditioning, dit_tiny
 from worldsim.models.dynamics import (
     DynamicsConfig,
@@ -105,7 +105,9 @@ def test_training_noise_levels_and_layout_choice():
 def test_teacher_forcing_layout_is_the_inference_situation():
     """In the teacher-forcing layout, noisy frame t is denoised exactly as the sampler
     denoises it at inference: attending to the cached frames 0..t-1 (at the context level,
-    window 4) and to itself. Checked against the KV-cached network, frame by frame."""
+    window 4) and to itself, reading frame t-1 as seen in context, and predicting the change
+    from the clean frame t-1. Checked against the KV-cached network, frame by frame; frame 0
+    is its own predecessor and carries no loss."""
     model = tiny_model()
     with torch.no_grad():
         for p in model.parameters():
@@ -116,25 +118,31 @@ def test_teacher_forcing_layout_is_the_inference_situation():
     noise, context_noise = torch.randn(x0.shape, generator=g), torch.randn(x0.shape, generator=g)
     sigma = torch.rand(B, T, generator=g) * 5 + 0.05
     emb = model.embed_actions({"action": torch.randint(0, 5, (B, T - 1), generator=g)}, T)
+
+    def shifted(frames):
+        return torch.cat([frames[:, :1], frames[:, :-1]], 1)
+
     with torch.no_grad():
-        frame_loss, head_tokens = model._denoising_pass(x0, emb, sigma, noise, context_noise)
+        frame_loss, head_tokens = model._denoising_pass(x0, emb, sigma, noise, context_noise,
+                                                        teacher_forcing=True)
+        assert frame_loss.shape == (B, T - 1)
         dcfg = model.config.diffusion
-        den = model.denoiser
-        for t in range(T):
+        ctx_sigma = torch.full((B, T), dcfg.context_sigma)
+        x_ctx = add_noise(x0, ctx_sigma, context_noise)
+        for t in range(1, T):
             cache = KVCache.empty(B, model.config.dit.window, model.config.dit.depth)
-            if t:
-                ctx_sigma = torch.full((B, t), dcfg.context_sigma)
-                x_ctx = add_noise(x0[:, :t], ctx_sigma, context_noise[:, :t])
-                s = get_scalings(ctx_sigma, dcfg.sigma_data)
-                model.dit.features(append_dims(s.c_in, 5) * x_ctx, s.c_noise,
-                                   Conditioning(emb[:, :t], cache))
-                cache.commit(t)
-            cache.next_position[:] = t
+            s = get_scalings(ctx_sigma[:, :t], dcfg.sigma_data)
+            model.dit.features(append_dims(s.c_in, 5) * (x_ctx[:, :t] - shifted(x0[:, :t])),
+                               s.c_noise, Conditioning(emb[:, :t], cache,
+                                                       previous=shifted(x_ctx[:, :t])))
+            cache.commit(t)
+            den = OffsetDenoiser(model.denoiser, x0[:, t - 1:t])
             x_t = add_noise(x0[:, t:t + 1], sigma[:, t:t + 1], noise[:, t:t + 1])
-            denoised = den(x_t, sigma[:, t:t + 1], Conditioning(emb[:, t:t + 1], cache))
+            denoised = den(x_t, sigma[:, t:t + 1],
+                           Conditioning(emb[:, t:t + 1], cache, previous=x_ctx[:, t - 1:t]))
             weight = 1 / get_scalings(sigma[:, t], dcfg.sigma_data).c_out ** 2
             expected = weight * (denoised - x0[:, t:t + 1]).pow(2).flatten(1).mean(-1)
-            torch.testing.assert_close(frame_loss[:, t], expected, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(frame_loss[:, t - 1], expected, rtol=1e-4, atol=1e-5)
     assert head_tokens.shape == (B, T - 1, 16, 64)
 
 

@@ -2,7 +2,11 @@
 
 Tolerance: fp32 throughout; |cached - full| <= 1e-4 + 1e-4 |full| elementwise (the two differ
 only in the order of floating-point sums: attention over a ring buffer vs one sequence);
-measured differences are ~1e-6 on outputs of order 1-10.
+measured differences are ~1e-6 on outputs of order 1-10. Rolled-out frames are compared
+against the scale of the whole frame, |cached - full| <= 1e-4 (1 + max |full|): each frame adds
+its predicted change to the last one, so rounding differences accumulate over the rollout, and
+a randomly perturbed model's frames grow to ~50 under Heun (measured: 2e-3 at most there,
+4e-6 under Euler).
 """
 
 import pytest
@@ -38,7 +42,7 @@ def tiny_model(window: int = 4) -> DynamicsModel:
 def test_incremental_network_passes_equal_one_full_pass():
     """Prefill K frames, then one frame at a time, past the window's length: each frame's output
     equals the same frame's output in one block-causal pass over the whole sequence."""
-    net = randomized(DiT(dit_tiny(window=4)), std=0.1).eval()
+    net = randomized(DiT(dit_tiny(window=4, previous_frame=False)), std=0.1).eval()
     B, T, K = 2, 13, 3
     g = torch.Generator().manual_seed(1)
     x, c_noise = torch.randn(B, T, C, H, W, generator=g), torch.randn(B, T, generator=g)
@@ -56,7 +60,7 @@ def test_incremental_network_passes_equal_one_full_pass():
 
 
 def test_prefill_longer_than_the_window():
-    net = randomized(DiT(dit_tiny(window=3)), std=0.1).eval()
+    net = randomized(DiT(dit_tiny(window=3, previous_frame=False)), std=0.1).eval()
     B, T = 1, 9
     x, c_noise, a = torch.randn(B, T, C, H, W), torch.randn(B, T), torch.randn(B, T, 64)
     with torch.no_grad():
@@ -71,11 +75,19 @@ def test_prefill_longer_than_the_window():
             torch.testing.assert_close(out[:, 0], full[:, t], atol=ATOL, rtol=RTOL)
 
 
+def shifted(frames: torch.Tensor) -> torch.Tensor:
+    """The frame before each frame of a sequence (the first is its own predecessor)."""
+    return torch.cat([frames[:, :1], frames[:, :-1]], 1)
+
+
 def reference_rollout(model, context, context_actions, step_actions, seed, num_steps, sampler):
     """Rollout without a cache: every network evaluation recomputes the whole sequence so far
     (context frames at the context noise level, the new frame at the sampler's level), drawing
-    random numbers in the order `DynamicsModel.start/step` document."""
+    random numbers in the order `DynamicsModel.start/step` document. Each frame's change from
+    the clean frame before it is what is diffused; the network also reads the frame before it
+    as it saw it in context."""
     dcfg = model.config.diffusion
+    assert model.config.residual and model.config.dit.previous_frame
     g = torch.Generator().manual_seed(seed)
     B, K = context.shape[:2]
     frames = [context]
@@ -86,17 +98,23 @@ def reference_rollout(model, context, context_actions, step_actions, seed, num_s
     results = []
     for a in step_actions:
         actions = torch.cat([actions, a[:, None]], 1)
-        n = sum(f.shape[1] for f in frames)
+        clean = torch.cat(frames, 1)
+        n = clean.shape[1]
         ctx_sigma = torch.full((B, n), dcfg.context_sigma)
-        context_noisy = add_noise(torch.cat(frames, 1), ctx_sigma, torch.cat(noises, 1))
+        context_noisy = add_noise(clean, ctx_sigma, torch.cat(noises, 1))
+        previous_clean = torch.cat([shifted(clean), clean[:, -1:]], 1)  # (B, n + 1, ...)
+        previous_seen = torch.cat([shifted(context_noisy), context_noisy[:, -1:]], 1)
         emb = model.embed_actions({"action": actions}, n + 1)
 
         def full_denoiser(x, sigma, cond, context_noisy=context_noisy, ctx_sigma=ctx_sigma,
-                          emb=emb):
-            xs = torch.cat([context_noisy, x], 1)
-            return denoiser(xs, torch.cat([ctx_sigma, sigma[:, None]], 1), Conditioning(emb))[:, -1:]
+                          emb=emb, previous_clean=previous_clean, previous_seen=previous_seen,
+                          n=n):
+            changes = torch.cat([context_noisy, x], 1) - previous_clean
+            d = denoiser(changes, torch.cat([ctx_sigma, sigma[:, None]], 1),
+                         Conditioning(emb, previous=previous_seen))
+            return d[:, -1:] + previous_clean[:, n:]
 
-        x = torch.randn((B, 1, C, H, W), generator=g) * sigmas[0]
+        x = previous_clean[:, n:] + torch.randn((B, 1, C, H, W), generator=g) * sigmas[0]
         new = get_sampler(sampler)(full_denoiser, x, sigmas, None)
         frames.append(new)
         noises.append(torch.randn(new.shape, generator=g))
@@ -105,7 +123,8 @@ def reference_rollout(model, context, context_actions, step_actions, seed, num_s
         s_all = torch.full(all_frames.shape[:2], dcfg.context_sigma)
         x_all = add_noise(all_frames, s_all, torch.cat(noises, 1))
         sc = get_scalings(s_all, dcfg.sigma_data)
-        tokens, _ = model.dit.features(append_dims(sc.c_in, 5) * x_all, sc.c_noise, Conditioning(emb))
+        tokens, _ = model.dit.features(append_dims(sc.c_in, 5) * (x_all - shifted(all_frames)),
+                                       sc.c_noise, Conditioning(emb, previous=shifted(x_all)))
         reward_logits, term_logits = model.heads(tokens[:, -1:])
         results.append((new[:, 0], reward_logits[:, 0].softmax(-1), term_logits[:, 0].sigmoid()))
     return results
@@ -129,7 +148,8 @@ def test_cached_rollout_equals_full_recomputation(sampler, num_steps):
         latents, reward, term, state = model.step(state, {"action": a}, gen, num_steps=num_steps,
                                                   sampler=sampler)
         ref_latents, ref_probs, ref_term = expected[i]
-        torch.testing.assert_close(latents, ref_latents, atol=ATOL, rtol=RTOL)
+        scale = 1 + ref_latents.abs().max().item()
+        torch.testing.assert_close(latents, ref_latents, atol=ATOL * scale, rtol=0)
         torch.testing.assert_close(state.reward_probs, ref_probs, atol=ATOL, rtol=RTOL)
         torch.testing.assert_close(term, ref_term, atol=ATOL, rtol=RTOL)
         assert reward.shape == (B,) and term.shape == (B,)
@@ -140,7 +160,7 @@ def test_cached_rollout_equals_full_recomputation(sampler, num_steps):
 def test_far_positions_are_as_exact_as_near_ones():
     """Rotary positions are relative: the same frames at absolute index 10^6 give the same
     outputs as at index 0 (angles are reduced modulo 2 pi in float64)."""
-    net = randomized(DiT(dit_tiny(window=4)), std=0.1).eval()
+    net = randomized(DiT(dit_tiny(window=4, previous_frame=False)), std=0.1).eval()
     B, T = 1, 4
     x, c_noise, a = torch.randn(B, T, C, H, W), torch.randn(B, T), torch.randn(B, T, 64)
     outs = []
@@ -200,11 +220,13 @@ def test_rows_at_different_positions_in_one_batch():
     assert state.cache.valid.sum(1).tolist() == [4, 1, 4]
     x = torch.randn(3, 1, C, H, W, generator=g)
     c_noise, emb = torch.randn(3, 1, generator=g), torch.randn(3, 1, 64, generator=g)
+    previous = torch.randn(3, 1, C, H, W, generator=g)
     with torch.no_grad():
-        together = model.dit(x, c_noise, Conditioning(emb, state.cache.clone()))
+        together = model.dit(x, c_noise, Conditioning(emb, state.cache.clone(), previous=previous))
         for row in range(3):
             alone = model.dit(x[row:row + 1], c_noise[row:row + 1],
-                              Conditioning(emb[row:row + 1], state.cache.select([row])))
+                              Conditioning(emb[row:row + 1], state.cache.select([row]),
+                                           previous=previous[row:row + 1]))
             torch.testing.assert_close(alone, together[row:row + 1], atol=ATOL, rtol=RTOL)
 
 
@@ -224,7 +246,7 @@ def test_select_and_assign_round_trip():
 
 
 def test_cache_misuse_is_reported():
-    net = DiT(dit_tiny(window=4))
+    net = DiT(dit_tiny(window=4, previous_frame=False))
     cache = KVCache.empty(1, 4, net.config.depth)
     x = torch.zeros(1, 2, C, H, W)
     net(x, torch.zeros(1, 2), Conditioning(torch.zeros(1, 2, 64), cache))

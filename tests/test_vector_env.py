@@ -29,6 +29,14 @@ def start_obs(wm, index: int) -> np.ndarray:
     return wm.decode(wm.encode(wm.start_frames[index])[-1:])[0].numpy()
 
 
+def same_frame(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal up to rounding: the env decodes a batch and `start_obs` one frame, and the
+    convolutions' float sums may differ in the last bit between batch sizes, which moves a
+    pixel by 1 after quantisation (seen in a full test run). Another frame
+    differs by tens."""
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) <= 1
+
+
 def test_batched_spaces_and_metadata(wm):
     env = WorldModelVectorEnv(wm, num_envs=3)
     assert env.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP
@@ -97,7 +105,7 @@ def test_same_step_autoreset_resets_only_the_rows_that_ended(wm):
     env.step(np.zeros(3, dtype=np.int64))
     obs, info = env.reset(options={"reset_mask": np.array([True, False, False])})
     assert info["_context_index"].tolist() == [True, False, False]
-    assert np.array_equal(obs[0], start_obs(wm, info["context_index"][0]))
+    assert same_frame(obs[0], start_obs(wm, info["context_index"][0]))
     env.step(np.zeros(3, dtype=np.int64))
     obs, _, terminated, truncated, info = env.step(np.zeros(3, dtype=np.int64))
     assert truncated.tolist() == [False, True, True] and not terminated.any()
@@ -109,7 +117,7 @@ def test_same_step_autoreset_resets_only_the_rows_that_ended(wm):
     assert info["step"].tolist() == [2, 0, 0]
     assert info["_termination_prob"].tolist() == [True, False, False]
     for i in (1, 2):  # the rows that ended already show their next episode's first frame
-        assert np.array_equal(obs[i], start_obs(wm, info["context_index"][i]))
+        assert same_frame(obs[i], start_obs(wm, info["context_index"][i]))
     _, _, _, truncated, info = env.step(np.zeros(3, dtype=np.int64))
     assert truncated.tolist() == [True, False, False]
     assert info["step"].tolist() == [0, 1, 1]
@@ -121,7 +129,7 @@ def test_terminated_rows_autoreset_in_the_same_step(wm):
     obs, _, terminated, truncated, info = env.step(np.array([1, 2]))
     assert terminated.all() and not truncated.any()
     for i in range(2):
-        assert np.array_equal(obs[i], start_obs(wm, info["context_index"][i]))
+        assert same_frame(obs[i], start_obs(wm, info["context_index"][i]))
 
 
 def test_prompts_shared_and_per_sub_env(wm):
@@ -129,9 +137,9 @@ def test_prompts_shared_and_per_sub_env(wm):
     frames, actions = wm.start_frames, wm.start_actions["action"]
     obs, info = env.reset(seed=0, options={"frames": frames[0], "actions": actions[0]})
     assert (info["context_index"] == -1).all()
-    assert np.array_equal(obs[0], start_obs(wm, 0)) and np.array_equal(obs[1], obs[0])
+    assert same_frame(obs[0], start_obs(wm, 0)) and np.array_equal(obs[1], obs[0])
     obs, _ = env.reset(options={"frames": frames[[2, 3]], "actions": actions[[2, 3]]})
-    assert np.array_equal(obs[0], start_obs(wm, 2)) and np.array_equal(obs[1], start_obs(wm, 3))
+    assert same_frame(obs[0], start_obs(wm, 2)) and same_frame(obs[1], start_obs(wm, 3))
     with pytest.raises(ValueError, match="prompts for 3 sub-envs"):
         env.reset(options={"frames": frames[:3], "actions": actions[:3]})
 

@@ -140,7 +140,10 @@ def register_policy(name: str, factory: PolicyFactory) -> None:
 
 def make_policy(name: str, action_space: spaces.Space, num_envs: int,
                 action_names: Sequence[str] | None = None) -> Policy:
-    """The policy called `name` (see `POLICIES`), or "package.module:factory" to load one."""
+    """The policy called `name` (see `POLICIES`), or "package.module:factory" to load one.
+    "NAME=ARGUMENT" passes ARGUMENT to the factory as `argument` (e.g. the path of a saved
+    agent: "agents.policy:AgentPolicy=runs/imagine/agent")."""
+    name, has_argument, argument = name.partition("=")
     if name in POLICIES:
         factory = POLICIES[name]
     elif ":" in name:
@@ -152,4 +155,5 @@ def make_policy(name: str, action_space: spaces.Space, num_envs: int,
     else:
         raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))} "
                          "(or 'package.module:factory')")
-    return factory(action_space, num_envs=num_envs, action_names=action_names)
+    extra = {"argument": argument} if has_argument else {}
+    return factory(action_space, num_envs=num_envs, action_names=action_names, **extra)

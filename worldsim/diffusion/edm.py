@@ -13,6 +13,7 @@ Tensor letters: B batch, T frames, C latent channels, h w latent height and widt
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -160,3 +161,36 @@ class Denoiser:
         x_noisy = add_noise(x0, sigma, noise)
         net_out = self.net(append_dims(s.c_in, x0.ndim) * x_noisy, s.c_noise, cond)
         return edm_loss(net_out, x0, x_noisy, s)
+
+
+@dataclass
+class OffsetDenoiser:
+    """Diffusion of the difference from a known reference: D'(x) = offset + D(x - offset).
+
+    Next-frame prediction diffuses the change from the previous frame (x = that frame + the
+    noisy change), so a network that outputs zeros already copies the last frame, and its
+    capacity goes to what moves. The samplers see absolute latents and need no change; start
+    them at offset + noise. offset broadcasts against x (B, T, C, h, w).
+    """
+
+    denoiser: Denoiser
+    offset: torch.Tensor
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
+        return self.offset + self.denoiser(x - self.offset, sigma, cond)
+
+
+def residual_diffusion_config(residual_std: float, **overrides: Any) -> DiffusionConfig:
+    """Noise levels for diffusing frame-to-frame changes of standard deviation `residual_std`
+    (in normalised latent units): sigma_data is that standard deviation, and the training and
+    sampling levels, which the defaults set for sigma_data = 1, scale with it. The context
+    level stays in latent units: it is noise on whole frames, not on changes."""
+    scale = float(residual_std) / SIGMA_DATA
+    return DiffusionConfig(**{
+        "sigma_data": float(residual_std),
+        "train_p_mean": TRAIN_P_MEAN + math.log(scale),
+        "train_sigma_min": TRAIN_SIGMA_MIN * scale,
+        "train_sigma_max": TRAIN_SIGMA_MAX * scale,
+        "sample_sigma_min": SAMPLE_SIGMA_MIN * scale,
+        "sample_sigma_max": SAMPLE_SIGMA_MAX * scale,
+        **overrides})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 from einops import rearrange
@@ -53,6 +54,13 @@ class DiTConfig:
     """RMS-normalise queries and keys per head (bounds attention logits, for stability at
     scale). Off by default: it bounds logits by sqrt(head dim), and measured here a small DiT
     learnt to copy the previous frame 4-5 times slower with it (head dims 16 and 64)."""
+    # Settings introduced after the first checkpoints, with the value they were trained with.
+    ADDED_LATER: ClassVar[dict[str, object]] = {"previous_frame": False}
+
+    previous_frame: bool = True
+    """Each frame's patches also carry the frame before it (channels concatenated before the
+    patch embedding), so copying and shifting what was there is a local operation rather than
+    one attention has to learn (DIAMOND and GameNGen stack past frames as channels too)."""
     rope_theta_time: float = 1000.0
     """Rotary base for time; its longest wavelength (~2700 frames at head dim 64) far exceeds
     any window, so no two offsets inside a window look alike."""
@@ -96,12 +104,15 @@ class Conditioning:
     attention:  which tokens attend to which (transformer.Attend); default the block-causal
                 band of the model's window (without a cache). With `positions` it describes
                 other layouts, e.g. the teacher-forcing layout of `DynamicsModel.loss`.
+    previous:   (B, T, C, h, w) the frame before each frame (normalised latents, as the network
+                saw it in context), for a DiT with `previous_frame`
     """
 
     action_emb: torch.Tensor
     cache: KVCache | None = None
     positions: torch.Tensor | None = None
     attention: Attend | None = None
+    previous: torch.Tensor | None = None
 
 
 class DiT(nn.Module):
@@ -118,7 +129,8 @@ class DiT(nn.Module):
         if cfg.width % cfg.heads:
             raise ValueError(f"DiT width {cfg.width} is not divisible by {cfg.heads} heads")
         patch_values = cfg.in_channels * cfg.patch_size**2
-        self.x_embedder = nn.Linear(patch_values, cfg.width)
+        inputs = 2 * patch_values if cfg.previous_frame else patch_values
+        self.x_embedder = nn.Linear(inputs, cfg.width)
         self.noise_embedder = NoiseLevelEmbedder(cfg.width)
         self.rotary = SpacetimeRotary(cfg.head_dim, cfg.rope_theta_time, cfg.rope_theta_space)
         self.blocks = nn.ModuleList(
@@ -173,7 +185,8 @@ class DiT(nn.Module):
                  cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
         """The blocks' output tokens and the per-frame conditioning vectors.
 
-        x: (B, T, C, h, w) network input (c_in-scaled noisy latents); c_noise: (B, T).
+        x: (B, T, C, h, w) network input (c_in-scaled noisy latents); c_noise: (B, T);
+        cond.previous (B, T, C, h, w) if the config has `previous_frame`.
         Returns tokens (B, T, N, D) and c (B, T, D).
         """
         B, T, C, h, w = x.shape
@@ -182,7 +195,14 @@ class DiT(nn.Module):
             raise ValueError(f"latents {tuple(x.shape)} need c_noise and action embeddings for "
                              f"(B, T) = {(B, T)}, got {tuple(c_noise.shape)} and "
                              f"{tuple(cond.action_emb.shape)}")
-        tokens = self.x_embedder(self.patchify(x))  # (B, T, N, D)
+        patches = self.patchify(x)  # (B, T, N, p*p*C)
+        if self.config.previous_frame:
+            if cond.previous is None or cond.previous.shape != x.shape:
+                raise ValueError(f"this DiT reads each frame's previous frame: latents "
+                                 f"{tuple(x.shape)} need Conditioning.previous of the same shape, "
+                                 f"got {None if cond.previous is None else tuple(cond.previous.shape)}")
+            patches = torch.cat([patches, self.patchify(cond.previous.to(x.dtype))], dim=-1)
+        tokens = self.x_embedder(patches)  # (B, T, N, D)
         N = tokens.shape[2]
         c = self.noise_embedder(c_noise) + cond.action_emb  # (B, T, D)
         if cond.cache is None:

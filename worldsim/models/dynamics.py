@@ -31,6 +31,7 @@ from torch import nn
 from worldsim.diffusion.edm import (
     Denoiser,
     DiffusionConfig,
+    OffsetDenoiser,
     add_noise,
     append_dims,
     edm_loss,
@@ -97,6 +98,13 @@ class DynamicsConfig:
     teacher_forcing_prob: float = TEACHER_FORCING_PROB
     """Share of training windows in the teacher-forcing layout (every frame noisy, attending to
     nearly clean copies of the earlier frames); the rest use Diffusion Forcing."""
+    ADDED_LATER: typing.ClassVar[dict[str, Any]] = {"residual": False}
+
+    residual: bool = True
+    """Diffuse each frame's change from the frame before it rather than the frame itself
+    (`edm.OffsetDenoiser`): an untrained model copies the last frame, and training spends
+    itself on what changes. `diffusion.sigma_data` is then the changes' standard deviation
+    (`edm.residual_diffusion_config`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable values."""
@@ -111,6 +119,9 @@ class DynamicsConfig:
 def _dataclass_from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    # Settings introduced after a format was first written, with the value that reproduces
+    # the older behaviour, so that older checkpoints load as they were trained.
+    data = {**getattr(cls, "ADDED_LATER", {}), **data}
     unknown, missing = set(data) - names, names - set(data)
     if unknown or missing:
         raise ValueError(f"{where}: unknown settings {sorted(unknown)}, missing {sorted(missing)}")
@@ -226,6 +237,27 @@ class RewardTerminationHead(nn.Module):
         raise ValueError(f"reward mode must be 'mean' or 'mode', got {mode!r}")
 
 
+# -- the frame before each frame --------------------------------------------------------------
+
+def previous_frames(clean: torch.Tensor, seen: torch.Tensor,
+                    before: tuple[torch.Tensor, torch.Tensor] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frame before each frame of a sequence, as clean latents (the residual's reference)
+    and as the network saw it in context (with context noise, the DiT's `previous` input).
+
+    clean, seen: (B, T, C, h, w); before: the (clean, seen) frames (B, C, h, w) that precede
+    the sequence (a rollout's newest frame), or None at the start of a sequence, where the
+    first frame is its own predecessor (a change of zero: nothing to predict).
+    Returns (previous clean, previous seen), both (B, T, C, h, w).
+    """
+    if before is None:
+        first_clean, first_seen = clean[:, :1], seen[:, :1]
+    else:
+        first_clean, first_seen = before[0][:, None].to(clean), before[1][:, None].to(seen)
+    return (torch.cat([first_clean, clean[:, :-1]], dim=1),
+            torch.cat([first_seen, seen[:, :-1]], dim=1))
+
+
 # -- incremental rollout ----------------------------------------------------------------------
 
 @dataclass
@@ -236,11 +268,14 @@ class RolloutState:
 
     cache:        KV cache (positions per row: cache.next_position)
     last_latents: (B, C, h, w) the newest frame (the last context frame after `start`)
+    last_seen:    (B, C, h, w) the newest frame as the network saw it (with its context noise),
+                  the next frame's `previous` input
     reward_probs: (B, R) the reward distribution predicted by the last step (None after start)
     """
 
     cache: KVCache
     last_latents: torch.Tensor
+    last_seen: torch.Tensor
     reward_probs: torch.Tensor | None = None
 
     @property
@@ -253,20 +288,21 @@ class RolloutState:
         return self.cache.next_position
 
     def clone(self) -> RolloutState:
-        return RolloutState(self.cache.clone(), self.last_latents.clone(),
+        return RolloutState(self.cache.clone(), self.last_latents.clone(), self.last_seen.clone(),
                             None if self.reward_probs is None else self.reward_probs.clone())
 
     def select(self, rows: torch.Tensor | list[int]) -> RolloutState:
         """The state of some rows (a copy)."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.last_latents.device)
         return RolloutState(self.cache.select(rows), self.last_latents[rows],
-                            None if self.reward_probs is None else self.reward_probs[rows])
+                            self.last_seen[rows], None if self.reward_probs is None else self.reward_probs[rows])
 
     def assign(self, rows: torch.Tensor | list[int], other: RolloutState) -> None:
         """Overwrite rows with `other`'s (e.g. after resetting some sub-environments)."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.last_latents.device)
         self.cache.assign(rows, other.cache)
         self.last_latents[rows] = other.last_latents
+        self.last_seen[rows] = other.last_seen
         if self.reward_probs is not None:
             self.reward_probs[rows] = (other.reward_probs if other.reward_probs is not None
                                        else 0.0)
@@ -360,24 +396,37 @@ class DynamicsModel(nn.Module):
                            < self.config.teacher_forcing_prob)
         return sigma, teacher_forcing
 
+    @property
+    def _predicts_from_previous(self) -> bool:
+        """Whether a window's first frame is given by itself (its own predecessor), so that
+        only frames 1.. carry a loss."""
+        return self.config.residual or self.config.dit.previous_frame
+
     def _denoising_pass(self, x0: torch.Tensor, action_emb: torch.Tensor, sigma: torch.Tensor,
-                        noise: torch.Tensor, context_noise: torch.Tensor | None
+                        noise: torch.Tensor, context_noise: torch.Tensor, teacher_forcing: bool
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One training pass over windows x0 (b, T, C, h, w) noised to sigma (b, T). Without
-        `context_noise`: Diffusion Forcing, one stream. With it: the teacher-forcing layout
-        (transformer.teacher_forcing_frame_mask), the windows at the context level (with that
-        noise) followed by the noised ones.
-        Returns the per-frame EDM loss (b, T) and the tokens the heads read for frames 1..T-1,
-        (b, T-1, N, D): those of the frames at the context level where there are some, as the
-        append pass at inference."""
+        """One training pass over windows x0 (b, T, C, h, w) noised to sigma (b, T). Diffusion
+        Forcing: one stream. Teacher forcing: the teacher-forcing layout
+        (transformer.teacher_forcing_frame_mask), the windows at the context level (with
+        `context_noise`) followed by the noised ones. Either way each frame's `previous` input
+        is the frame before it at the context level, as at inference.
+        Returns the per-frame EDM loss (b, T, or T - 1 without the first frame when it is its
+        own predecessor) and the tokens the heads read for frames 1..T-1, (b, T-1, N, D): those
+        of the frames at the context level where there are some, as the append pass at
+        inference."""
         b, T = x0.shape[:2]
         dcfg = self.config.diffusion
-        x_noisy = add_noise(x0, sigma, noise)
-        if context_noise is None:
-            x, levels, cond = x_noisy, sigma, Conditioning(action_emb)
+        context_sigma = torch.full_like(sigma, dcfg.context_sigma)
+        x_context = add_noise(x0, context_sigma, context_noise)
+        previous_clean, previous_seen = previous_frames(x0, x_context)
+        offset = previous_clean if self.config.residual else torch.zeros_like(x0)
+        target = x0 - offset  # what is diffused: the frame, or its change
+        y_noisy = add_noise(target, sigma, noise)
+        if not teacher_forcing:
+            x, levels = y_noisy, sigma
+            cond = Conditioning(action_emb, previous=previous_seen)
         else:
-            context_sigma = torch.full_like(sigma, dcfg.context_sigma)
-            x = torch.cat([add_noise(x0, context_sigma, context_noise), x_noisy], dim=1)
+            x = torch.cat([x_context - offset, y_noisy], dim=1)
             levels = torch.cat([context_sigma, sigma], dim=1)  # (b, 2T)
             tokens_per_frame = (x0.shape[-2] // self.config.dit.patch_size
                                 * x0.shape[-1] // self.config.dit.patch_size)
@@ -385,11 +434,14 @@ class DynamicsModel(nn.Module):
                                 positions=teacher_forcing_positions(T, x0.device),
                                 attention=TeacherForcingAttention(T, tokens_per_frame,
                                                                   self.config.dit.window,
-                                                                  x0.device))
+                                                                  x0.device),
+                                previous=torch.cat([previous_seen, previous_seen], dim=1))
         s = get_scalings(levels, dcfg.sigma_data)
         tokens, c = self.dit.features(append_dims(s.c_in, x.ndim) * x, s.c_noise, cond)
         net_out = self.dit.output(tokens[:, -T:], c[:, -T:], *x0.shape[-2:])  # noisy frames
-        frame_loss = edm_loss(net_out, x0, x_noisy, get_scalings(sigma, dcfg.sigma_data))
+        frame_loss = edm_loss(net_out, target, y_noisy, get_scalings(sigma, dcfg.sigma_data))
+        if self._predicts_from_previous:
+            frame_loss = frame_loss[:, 1:]
         return frame_loss, tokens[:, 1:T]
 
     def forward(self, latents: torch.Tensor, actions: dict[str, torch.Tensor],
@@ -427,11 +479,11 @@ class DynamicsModel(nn.Module):
         noise = torch.randn(latents.shape, generator=generator, device=device)
         context_noise = torch.randn(latents.shape, generator=generator, device=device)
         frame_losses, head_tokens, order = [], [], []
-        for rows, ctx in ((~teacher_forcing, None), (teacher_forcing, context_noise)):
+        for rows, layout in ((~teacher_forcing, False), (teacher_forcing, True)):
             if bool(rows.any()):
                 frame_loss, tokens = self._denoising_pass(
                     latents[rows], action_emb[rows], sigma[rows], noise[rows],
-                    None if ctx is None else ctx[rows])
+                    context_noise[rows], teacher_forcing=layout)
                 frame_losses.append(frame_loss)
                 head_tokens.append(tokens)
                 order.append(rows.nonzero()[:, 0])
@@ -460,19 +512,26 @@ class DynamicsModel(nn.Module):
     # -- incremental rollout ---------------------------------------------------------------
 
     def _append(self, latents: torch.Tensor, action_emb: torch.Tensor, cache: KVCache,
-                generator: torch.Generator | None) -> torch.Tensor:
+                generator: torch.Generator | None,
+                before: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run frames (B, T, C, h, w) through the network at the context noise level, so their
-        keys/values enter the cache, and return their output tokens (B, T, N, D)."""
+        keys/values enter the cache. `before`: the (clean, seen) frame preceding them
+        (`previous_frames`). Returns their output tokens (B, T, N, D) and the last frame as
+        the network saw it (B, C, h, w)."""
         B, T = latents.shape[:2]
         dcfg = self.config.diffusion
         sigma = torch.full((B, T), dcfg.context_sigma, device=latents.device)
         noise = torch.randn(latents.shape, generator=generator, device=latents.device)
-        x = add_noise(latents.float(), sigma, noise)
+        latents = latents.float()
+        x = add_noise(latents, sigma, noise)
+        previous_clean, previous_seen = previous_frames(latents, x, before)
+        offset = previous_clean if self.config.residual else torch.zeros_like(x)
         s = get_scalings(sigma, dcfg.sigma_data)
-        tokens, _ = self.dit.features(append_dims(s.c_in, x.ndim) * x, s.c_noise,
-                                      Conditioning(action_emb, cache))
+        tokens, _ = self.dit.features(append_dims(s.c_in, x.ndim) * (x - offset), s.c_noise,
+                                      Conditioning(action_emb, cache, previous=previous_seen))
         cache.commit(T)
-        return tokens
+        return tokens, x[:, -1]
 
     @torch.no_grad()
     def start(self, context_latents: torch.Tensor,
@@ -487,8 +546,8 @@ class DynamicsModel(nn.Module):
             raise ValueError("a rollout needs at least one context frame")
         cache = KVCache.empty(B, self.config.dit.window, self.config.dit.depth, self.device)
         action_emb = self.embed_actions(context_actions, K, batch_size=B)
-        self._append(context_latents, action_emb, cache, generator)
-        return RolloutState(cache, context_latents[:, -1].float().clone())
+        _, seen = self._append(context_latents, action_emb, cache, generator)
+        return RolloutState(cache, context_latents[:, -1].float().clone(), seen)
 
     @torch.no_grad()
     def step(self, state: RolloutState, actions: dict[str, torch.Tensor],
@@ -511,12 +570,20 @@ class DynamicsModel(nn.Module):
             raise ValueError(f"{action_emb.shape[0]} actions for a rollout of {B} rows")
         sigmas = karras_sigmas(num_steps or dcfg.num_steps, dcfg.sample_sigma_min,
                                dcfg.sample_sigma_max, dcfg.rho, device=self.device)
-        x = torch.randn((B, 1, C, h, w), generator=generator, device=self.device) * sigmas[0]
+        previous = state.last_latents[:, None]  # (B, 1, C, h, w)
+        denoiser = self.denoiser
+        start = torch.zeros_like(previous)
+        if self.config.residual:
+            denoiser, start = OffsetDenoiser(denoiser, previous), previous
+        x = start + torch.randn((B, 1, C, h, w), generator=generator,
+                                device=self.device) * sigmas[0]
         sample = get_sampler(sampler or dcfg.sampler)
-        latents = sample(self.denoiser, x, sigmas, Conditioning(action_emb, state.cache))
-        tokens = self._append(latents, action_emb, state.cache, generator)
+        latents = sample(denoiser, x, sigmas,
+                         Conditioning(action_emb, state.cache, previous=state.last_seen[:, None]))
+        tokens, seen = self._append(latents, action_emb, state.cache, generator,
+                                    before=(state.last_latents, state.last_seen))
         reward_logits, termination_logits = self.heads(tokens)  # (B, 1, R), (B, 1)
-        state.last_latents = latents[:, 0]
+        state.last_latents, state.last_seen = latents[:, 0], seen
         state.reward_probs = reward_logits[:, 0].softmax(-1)
         return StepResult(latents[:, 0], self.heads.decode(reward_logits[:, 0], reward_mode),
                           termination_logits[:, 0].sigmoid(), state)

@@ -28,6 +28,7 @@ from einops import rearrange
 from torch import nn
 
 from worldsim.data.store import EpisodeStore, WindowDataset, collate
+from worldsim.diffusion.edm import DiffusionConfig, residual_diffusion_config
 from worldsim.evaluation.metrics import frame_metrics
 from worldsim.models.dit import DiTConfig
 from worldsim.models.dynamics import (
@@ -70,6 +71,14 @@ class TrainDynamicsConfig:
     teacher_forcing_prob: float = TEACHER_FORCING_PROB
     """Share of windows in the teacher-forcing layout (every frame noisy, attending to nearly
     clean earlier frames, as at inference); the rest use Diffusion Forcing."""
+    residual: bool = True
+    """Diffuse each frame's change from the previous frame (noise levels scaled to the changes'
+    standard deviation, measured on the training split); off: diffuse whole frames."""
+    init_from: Path | None = None
+    """Fine-tune: start from the (EMA) weights of another dynamics checkpoint, run directory or
+    bundle, keeping its model config (architecture, noise levels, reward support) so that the
+    weights fit; the optimizer and the step count start afresh. The data may differ (e.g. grown
+    by `worldsim loop`); the VAE must be the same. `--dit.*` and `--residual` are ignored."""
     train: TrainConfig = field(default_factory=_default_train)
     eval_windows: int = 32
     """Validation windows used by each evaluation."""
@@ -100,7 +109,9 @@ class DynamicsTask(TrainingTask):
             print(f"encoding {cfg.data} with VAE {self.tag} (the latent cache is missing)",
                   flush=True)
             encode_dataset(self.vae, self.store, vae_path=cfg.vae)
-        window = cfg.window or cfg.dit.window
+        initial = None if cfg.init_from is None else self._initial_model(cfg.init_from)
+        model_window = cfg.dit.window if initial is None else initial.config.dit.window
+        window = cfg.window or model_window
         self.train_set = WindowDataset(self.store, "train", length=window, latents=self.tag)
         self.val_set = WindowDataset(self.store, "val", length=max(window, cfg.eval_context
                                                                    + cfg.eval_horizon),
@@ -110,12 +121,59 @@ class DynamicsTask(TrainingTask):
                              f"splits (train windows: {len(self.train_set)}, validation windows: "
                              f"{len(self.val_set)}); collect more data or lower --window")
         self.window = window
-        heads = self._heads_config()
-        dit = dataclasses.replace(cfg.dit, in_channels=self.vae.latent_channels)
-        self.dynamics_config = DynamicsConfig(dit=dit, heads=heads,
-                                              teacher_forcing_prob=cfg.teacher_forcing_prob)
-        self.model = DynamicsModel(self.dynamics_config, self.store.action_space).to(self.device)
+        if initial is not None:
+            if initial.config.dit.window < window:
+                raise ValueError(f"cannot fine-tune {cfg.init_from} (window "
+                                 f"{initial.config.dit.window}) on windows of {window} frames; "
+                                 "lower --window")
+            self.model, self.dynamics_config = initial, initial.config
+        else:
+            heads = self._heads_config()
+            dit = dataclasses.replace(cfg.dit, in_channels=self.vae.latent_channels)
+            diffusion = (residual_diffusion_config(self._change_std()) if cfg.residual
+                         else DiffusionConfig())
+            self.dynamics_config = DynamicsConfig(dit=dit, diffusion=diffusion, heads=heads,
+                                                  teacher_forcing_prob=cfg.teacher_forcing_prob,
+                                                  residual=cfg.residual)
+            self.model = DynamicsModel(self.dynamics_config, self.store.action_space)
+        self.model = self.model.to(self.device).train()
         self._eval_windows: dict[str, Any] | None = None
+
+    def _initial_model(self, source: Path) -> DynamicsModel:
+        """The model of `init_from` (see its help), checked against this run's VAE and data."""
+        from worldsim.training.checkpoint import CheckpointError
+        from worldsim.world_model import load_dynamics
+
+        source = Path(source)
+        if (source / "dynamics").is_dir():  # a bundle
+            source = source / "dynamics"
+        model, meta = load_dynamics(source)
+        saved_vae = meta.get("task", {}).get("vae_fingerprint") or meta.get("vae_fingerprint")
+        if saved_vae is not None and saved_vae != self.vae.fingerprint():
+            raise CheckpointError(f"cannot fine-tune {source}: it was trained on latents of VAE "
+                                  f"{saved_vae}, this run's VAE is {self.vae.fingerprint()}")
+        if space_to_json(model.action_space) != space_to_json(self.store.action_space):
+            raise CheckpointError(f"cannot fine-tune {source}: its action space "
+                                  f"{model.action_space} is not the data's "
+                                  f"{self.store.action_space}")
+        return model
+
+    def _change_std(self, max_episodes: int = 200) -> float:
+        """Standard deviation of frame-to-frame latent changes on (up to `max_episodes`
+        evenly chosen) training episodes: sigma_data of residual diffusion. The same episodes
+        on every rank, so every process builds the same config."""
+        names = self.train_set.names
+        names = [names[i] for i in np.unique(np.linspace(0, len(names) - 1,
+                                                         min(max_episodes, len(names))).astype(int))]
+        total, squares, count = 0.0, 0.0, 0
+        for name in names:
+            z = np.asarray(self.store.load_latents(self.tag, name), dtype=np.float64)
+            change = z[1:] - z[:-1]
+            total, squares, count = total + change.sum(), squares + (change**2).sum(), count + change.size
+        if count == 0:
+            raise ValueError(f"{self.cfg.data}: no training episode has two frames")
+        mean = total / count
+        return float(np.sqrt(max(squares / count - mean**2, 1e-8)))
 
     def _heads_config(self) -> HeadsConfig:
         """Reward support and loss weights measured on the training split."""
@@ -135,6 +193,7 @@ class DynamicsTask(TrainingTask):
     def config(self) -> dict[str, Any]:
         c = self.cfg
         return {"dynamics": self.dynamics_config.to_dict(), "window": self.window,
+                "init_from": None if self.cfg.init_from is None else str(self.cfg.init_from),
                 "vae_fingerprint": self.vae.fingerprint(), "latent_tag": self.tag,
                 "eval_windows": c.eval_windows, "eval_horizon": c.eval_horizon,
                 "eval_context": c.eval_context}
