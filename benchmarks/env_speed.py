@@ -204,7 +204,7 @@ def main(cfg: Config) -> dict:
                   "latent_shape": list(wm.latent_shape), "window": wm.window,
                   "frame_shape": list(wm.observation_space.shape),
                   "sampler_steps": cfg.num_sampling_steps
-                  or wm.dynamics.config.diffusion.num_steps},
+                  or wm.num_steps},
     }
     result["real_crafter"] = bench_real_crafter(cfg)
     print(f"real Crafter: {result['real_crafter']}", file=sys.stderr)

@@ -327,3 +327,32 @@ def test_an_untrained_world_model_steps_as_an_env():
     assert obs in env.observation_space
     with pytest.raises(ValueError, match=r"MultiDiscrete"):
         env.step(np.array([3, 0]))
+
+
+def test_bundle_sampler_defaults(tiny_bundle, tmp_path):
+    """A bundle carries its default sampler steps; steps with the default equal steps that
+    ask for that number explicitly, and other numbers still can be asked for."""
+    from worldsim.training.loop import resolve_checkpoint
+    from worldsim.world_model import build_bundle
+
+    root = tiny_bundle.parent.parent
+    path = build_bundle(tmp_path / "b", vae_checkpoint=resolve_checkpoint(root / "run-vae"),
+                        dynamics_checkpoint=resolve_checkpoint(root / "run-dyn"),
+                        data=root / "data", num_contexts=2, context_frames=2, num_steps=2)
+    wm2 = worldsim.load(path, device="cpu")
+    assert wm2.num_steps == 2 and wm2.sampler == "euler"
+    assert worldsim.load(tiny_bundle, device="cpu").num_steps == 4
+    latents = wm2.encode(wm2.start_frames[:1])
+    actions = {k: v[:1] for k, v in wm2.start_actions.items()}
+
+    def step(**kwargs):
+        g = torch.Generator().manual_seed(0)
+        state = wm2.start(latents, actions, g)
+        return wm2.step(state, {"action": np.array([3])}, g, **kwargs).latents
+
+    assert torch.equal(step(), step(num_steps=2))
+    assert not torch.equal(step(), step(num_steps=4))
+    with pytest.raises(ValueError, match="unknown sampler"):
+        build_bundle(tmp_path / "c", vae_checkpoint=resolve_checkpoint(root / "run-vae"),
+                     dynamics_checkpoint=resolve_checkpoint(root / "run-dyn"),
+                     data=root / "data", num_contexts=2, context_frames=2, sampler="ddpm")

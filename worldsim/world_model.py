@@ -96,6 +96,12 @@ class WorldModel:
         self.action_space: spaces.Space = space_from_json(config["action_space"])
         self.action_keys = action_keys(self.action_space)
         self.env_id: str = config.get("env_id", "")
+        # The bundle's sampler defaults (chosen by measurement when it was assembled), else
+        # the dynamics model's own.
+        sampling = config.get("sampling", {})
+        diffusion = dynamics.config.diffusion
+        self.num_steps: int = int(sampling.get("num_steps", diffusion.num_steps))
+        self.sampler: str = str(sampling.get("sampler", diffusion.sampler))
         self.start_frames = start_frames      # uint8 (N, K, H, W, 3)
         self.start_actions = start_actions    # {key: (N, K-1, ...)}
         H, W = self.observation_space.shape[:2]
@@ -239,11 +245,13 @@ class WorldModel:
 
     def step(self, state, actions: dict[str, Any], generator: torch.Generator | None = None,
              num_steps: int | None = None, sampler: str | None = None) -> StepOutput:
-        """One imagined step for every row: actions {key: (B, ...)}."""
+        """One imagined step for every row: actions {key: (B, ...)}. `num_steps` and
+        `sampler` override the bundle's defaults (`self.num_steps`, `self.sampler`)."""
         actions = self.action_tensors(actions, (state.batch_size,))
         with torch.no_grad():
-            out = self.dynamics.step(state, actions, generator, num_steps=num_steps,
-                                     sampler=sampler)
+            out = self.dynamics.step(state, actions, generator,
+                                     num_steps=num_steps or self.num_steps,
+                                     sampler=sampler or self.sampler)
         return StepOutput(out.latents, out.reward, out.termination_prob,
                           out.state.reward_probs, out.state)
 
@@ -255,9 +263,13 @@ class WorldModel:
 def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkpoint: str | Path,
                  data: str | Path, num_contexts: int = DEFAULT_START_CONTEXTS,
                  context_frames: int = DEFAULT_CONTEXT_FRAMES, seed: int = 0,
-                 metrics: dict | None = None) -> Path:
+                 metrics: dict | None = None, num_steps: int | None = None,
+                 sampler: str | None = None) -> Path:
     """Assemble a bundle from a VAE checkpoint, a dynamics checkpoint (EMA weights) and real
-    start contexts drawn (seeded) from the validation episodes of the dataset `data`."""
+    start contexts drawn (seeded) from the validation episodes of the dataset `data`.
+    `num_steps` / `sampler`: the bundle's default sampler settings (None: the dynamics
+    model's)."""
+    from worldsim.diffusion.sampling import num_evaluations
     import tempfile
 
     from worldsim.data.store import EpisodeStore
@@ -270,6 +282,12 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
     if dyn_meta["action_space"] != space_to_json(store.action_space):
         raise CheckpointError(f"{dynamics_checkpoint} was trained for another action space "
                               f"than the dataset {data} holds")
+    diffusion = dynamics.config.diffusion
+    sampling = {"num_steps": int(num_steps or diffusion.num_steps),
+                "sampler": sampler or diffusion.sampler}
+    if sampling["num_steps"] < 1:
+        raise ValueError(f"num_steps must be at least 1, got {num_steps}")
+    num_evaluations(sampling["sampler"], sampling["num_steps"])  # names an unknown sampler
     rng = np.random.default_rng(seed)
     names = [n for n in store.split("val") if store.length(n) + 1 >= context_frames]
     if not names:
@@ -295,6 +313,7 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
             "observation_space": space_to_json(store.observation_space),
             "action_space": space_to_json(store.action_space),
             "context_frames": context_frames,
+            "sampling": sampling,
             "data": {"path": str(Path(data).resolve()), "episodes": len(store),
                      "frames": store.num_frames, "start_context_seed": seed},
             "vae_fingerprint": vae.fingerprint(),

@@ -167,7 +167,7 @@ def teacher_forced(wm, episodes: Sequence[Episode], picks: np.ndarray, *, contex
         raise ValueError("teacher forcing needs at least one transition")
     if context < 1:
         raise ValueError(f"context must be at least 1 frame, got {context}")
-    heads_steps = int(heads_steps or wm.dynamics.config.diffusion.num_steps)
+    heads_steps = int(heads_steps or wm.num_steps)
     settings = sorted({int(n) for n in num_steps} | {heads_steps})
     N = len(picks)
     H, W = episodes[0].frames.shape[1:3]

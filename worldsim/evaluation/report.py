@@ -237,7 +237,7 @@ class Evaluation:
         self.val_names = names
         self.episodes = load_episodes(self.store, names)
         self.context = max(1, min(cfg.context or self.wm.window - 1, self.wm.window - 1))
-        self.heads_steps = int(self.wm.dynamics.config.diffusion.num_steps)
+        self.heads_steps = int(self.wm.num_steps)
         self.out = self._out_dir()
         self.out.mkdir(parents=True, exist_ok=True)
         self.action_names = action_names_of(self.store)

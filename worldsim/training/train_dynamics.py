@@ -90,6 +90,9 @@ class TrainDynamicsConfig:
     """Real start contexts (from validation episodes) shipped in the bundle."""
     bundle: bool = True
     """Write RUN/bundle at the end of training."""
+    bundle_sample_steps: int | None = None
+    """Sampler steps per generated frame the bundle uses by default (None: the model's, 4);
+    `worldsim eval` reports quality at 1-16 steps to choose it."""
 
 
 class DynamicsTask(TrainingTask):
@@ -318,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         if cfg.bundle:
             bundle = build_bundle(Path(cfg.out) / "bundle", vae_checkpoint=resolve_checkpoint(cfg.vae),
                                   dynamics_checkpoint=result.checkpoint, data=cfg.data,
-                                  num_contexts=cfg.bundle_contexts, metrics=result.metrics)
+                                  num_contexts=cfg.bundle_contexts, metrics=result.metrics,
+                                  num_steps=cfg.bundle_sample_steps)
             print(f"bundle: {bundle}", flush=True)
     shutdown_distributed(ctx)
