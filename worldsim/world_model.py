@@ -269,10 +269,10 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
     start contexts drawn (seeded) from the validation episodes of the dataset `data`.
     `num_steps` / `sampler`: the bundle's default sampler settings (None: the dynamics
     model's)."""
-    from worldsim.diffusion.sampling import num_evaluations
     import tempfile
 
     from worldsim.data.store import EpisodeStore
+    from worldsim.diffusion.sampling import num_evaluations
     from worldsim.models.vae import VAE
     from worldsim.training.checkpoint import save_checkpoint, versions
 
