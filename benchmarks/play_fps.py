@@ -10,7 +10,9 @@ Prints one JSON object. Cases, all at 64x64 frames scaled 8x (512x512 per panel)
 - real_recording:     the same while recording the screen to mp4;
 - two_panels:         two real games side by side (the loop's cost of side by side);
 - dream, dream_side_by_side (with --checkpoint): the learned simulator alone, and beside
-                      the real game (the target: at least 30 fps for the dream alone).
+                      the real game (the target: at least 30 fps for the dream alone), at
+                      the bundle's default sampler steps;
+- dream_steps_N (with --sampling-steps N ...): the dream alone at N sampler steps.
 
 Beside them, `env_step_ms` times the same env's step with no loop at all, measured in the
 same run. fps is measured after `warmup` frames, so the first world generation and the first
@@ -52,6 +54,9 @@ class BenchConfig:
     """Seed of the envs and the agent."""
     window: bool = False
     """Open a real window instead of SDL's dummy video driver."""
+    sampling_steps: tuple[int, ...] = ()
+    """With --checkpoint: also measure the dream alone at these sampler steps per frame
+    (cases dream_steps_N; "dream" uses the bundle's default)."""
 
 
 def measure_loop(play_env, keymap, cfg: BenchConfig, record: bool = False) -> dict:
@@ -133,6 +138,10 @@ def main(argv: list[str] | None = None) -> dict:
         size = tuple(dream.observation_space.shape[:2])
         result["dream_side_by_side"] = measure_loop(
             *play_env(real=make_env(cfg.env, size=size), dream=dream), cfg)
+        result["dream_default_sampling_steps"] = dream.unwrapped.world_model.num_steps
+        for steps in cfg.sampling_steps:
+            fewer = make_dream(cfg.checkpoint, num_sampling_steps=steps)
+            result[f"dream_steps_{steps}"] = measure_loop(*play_env(dream=fewer), cfg)
     print(json.dumps(result, indent=2))
     return result
 

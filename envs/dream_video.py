@@ -518,6 +518,8 @@ class DreamConfig:
     """Upscale factor of each panel (nearest neighbour)."""
     dream_env: str = DREAM_ENV_ID
     """The env id the checkpoint is given to."""
+    sampling_steps: int | None = None
+    """Sampler steps per dream frame (default: the bundle's)."""
 
 
 def run(cfg: DreamConfig, dream: gym.Env | None = None) -> tuple[Path, dict[str, Rollout]]:
@@ -526,7 +528,10 @@ def run(cfg: DreamConfig, dream: gym.Env | None = None) -> tuple[Path, dict[str,
         raise ValueError(f"--out {cfg.out} must end in .mp4 or .gif")
     if cfg.steps < 1:
         raise ValueError(f"--steps must be at least 1, got {cfg.steps}")
-    dream = dream if dream is not None else make_dream(cfg.checkpoint, cfg.dream_env)
+    if dream is None:
+        dream = make_dream(cfg.checkpoint, cfg.dream_env,
+                           **({} if cfg.sampling_steps is None
+                              else {"num_sampling_steps": cfg.sampling_steps}))
     context = cfg.context or preferred_context(dream)
     prompt = None
     if cfg.prompt is not None:

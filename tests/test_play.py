@@ -420,7 +420,7 @@ def test_cli_plays_the_real_game_and_exits_by_itself(tmp_path):
 def test_cli_without_a_checkpoint_plays_the_bundled_model(tmp_path):
     from envs.world_model_env import DEFAULT_CHECKPOINT
 
-    out = _cli("play", "--max-frames", "2", "--fps", "0", cwd=tmp_path)
+    out = _cli("play", "--max-frames", "2", "--fps", "0", "--sampling-steps", "1", cwd=tmp_path)
     if (DEFAULT_CHECKPOINT / "config.json").exists():
         assert out.returncode == 0, out.stderr
         result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -464,3 +464,12 @@ def test_minecraft_style_dict_actions_with_mouse(tmp_path):
     store = EpisodeStore(tmp_path / "mc")
     ep = store.load(store.names[0])
     assert list(ep.actions["forward"]) == [0, 1, 1] and ep.actions["camera"].shape == (3, 2)
+
+
+def test_sampling_steps_reach_the_dream(tiny_bundle):
+    from envs.play import PlayConfig, build
+
+    game, _ = build(PlayConfig(checkpoint=tiny_bundle, sampling_steps=1))
+    assert game.env.dream.unwrapped._sim.num_sampling_steps == 1
+    game, _ = build(PlayConfig(checkpoint=tiny_bundle))
+    assert game.env.dream.unwrapped._sim.num_sampling_steps is None  # the bundle's
