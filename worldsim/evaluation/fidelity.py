@@ -225,10 +225,13 @@ def teacher_forced(wm, episodes: Sequence[Episode], picks: np.ndarray, *, contex
 
 
 def teacher_forced_metrics(run: TeacherForcedRun) -> dict[str, Any]:
-    """PSNR / SSIM of the predicted next frame per sampler setting, beside copy-last and the
-    VAE ceiling, over all transitions and over those where the frame changes."""
+    """PSNR / SSIM of the predicted next frame per sampler setting, beside copy-last, copy-last
+    through the VAE (the last frame's round trip: what a dream that predicts no change shows,
+    since every dream frame passes through the decoder) and the VAE ceiling, over all
+    transitions and over those where the frame changes."""
     changed = run.changed
     copy = pair_metrics(run.target, run.current)
+    copy_vae = pair_metrics(run.target, run.current_vae)
     ceiling = pair_metrics(run.target, run.target_vae)
 
     def both(m):
@@ -237,11 +240,14 @@ def teacher_forced_metrics(run: TeacherForcedRun) -> dict[str, Any]:
     out: dict[str, Any] = {
         "transitions": len(run.picks), "context_frames": run.context,
         "changed_share": float(changed.mean()),
-        "copy_last": both(copy), "vae_ceiling": both(ceiling), "num_steps": {}}
+        "copy_last": both(copy), "copy_last_vae": both(copy_vae), "vae_ceiling": both(ceiling),
+        "num_steps": {}}
     for n, frames in sorted(run.dream.items()):
         m = both(pair_metrics(run.target, frames))
         for part in ("all", "changed"):
             m[part]["psnr_gap_vs_copy_last_db"] = m[part]["psnr"] - out["copy_last"][part]["psnr"]
+            m[part]["psnr_gap_vs_copy_last_vae_db"] = (m[part]["psnr"]
+                                                       - out["copy_last_vae"][part]["psnr"])
             m[part]["psnr_of_mean_mse_gap_vs_copy_last_db"] = (
                 m[part]["psnr_of_mean_mse"] - out["copy_last"][part]["psnr_of_mean_mse"])
         out["num_steps"][str(n)] = m
