@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
     import tyro
 
     cfg = tyro.cli(BenchConfig, args=argv, prog="play_fps.py")
+    from worldsim.runtime import configure
+
+    configure()  # as `worldsim play` does
     if not cfg.window:
         os.environ["SDL_VIDEODRIVER"] = "dummy"
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")

@@ -570,7 +570,10 @@ def run(cfg: DreamConfig, dream: gym.Env | None = None) -> tuple[Path, dict[str,
 def main(argv: list[str]) -> None:
     import tyro
 
+    from worldsim.runtime import configure
+
     cfg = tyro.cli(DreamConfig, args=argv, prog="worldsim dream")
+    configure()
     try:
         path, shown = run(cfg)
     except (FileNotFoundError, ValueError) as e:

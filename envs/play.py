@@ -889,7 +889,10 @@ def _action_names(env: gym.Env):
 
 
 def main(argv: list[str]) -> None:
+    from worldsim.runtime import configure
+
     cfg = tyro.cli(PlayConfig, args=argv, prog="worldsim play")
+    configure()  # threads from $WORLDSIM_THREADS, and malloc settings (a faster dream step)
     try:
         game, what = build(cfg)
     except (FileNotFoundError, ValueError) as e:

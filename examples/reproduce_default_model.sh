@@ -21,13 +21,15 @@ worldsim train vae --data "$data" --out "$runs/vae-f4" --vae.factor 4 --vae.late
 
 worldsim encode --vae "$runs/vae-f4" --data "$data" --batch 256
 
-# The DiT: width 192, 4 blocks, 3 heads, a window of 4 frames (3M parameters); 45 min.
+# The DiT: width 192, 4 blocks, 3 heads, a window of 4 frames (3M parameters), diffusing each
+# frame's change from the previous one; 90 min of training time.
 worldsim train dynamics --data "$data" --vae "$runs/vae-f4" --out "$runs/dyn-default" \
     --dit.width 192 --dit.depth 4 --dit.heads 3 --dit.window 4 \
     --eval-context 2 --eval-horizon 8 --eval-windows 32 \
     --train.batch-size 32 --train.lr 6e-4 --train.lr-schedule constant --train.warmup-steps 100 \
-    --train.ema-decay 0.995 --train.steps 100000 --train.time-limit-min 45 \
-    --train.eval-every 400 --train.checkpoint-every-min 5 --train.threads 2
+    --train.ema-decay 0.995 --train.steps 100000 --train.time-limit-min 90 \
+    --train.eval-every 400 --train.checkpoint-every-min 5 --train.threads 2 \
+    --bundle-sample-steps 1
 
 rm -rf worldsim/assets/crafter-default
 mkdir -p worldsim/assets

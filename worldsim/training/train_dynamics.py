@@ -195,8 +195,9 @@ class DynamicsTask(TrainingTask):
     # ------------------------------------------------------------------ description
     def config(self) -> dict[str, Any]:
         c = self.cfg
-        return {"dynamics": self.dynamics_config.to_dict(), "window": self.window,
-                "init_from": None if self.cfg.init_from is None else str(self.cfg.init_from),
+        # init_from only when fine-tuning, so runs from before the option still resume
+        fine_tuning = {} if c.init_from is None else {"init_from": str(c.init_from)}
+        return {"dynamics": self.dynamics_config.to_dict(), "window": self.window, **fine_tuning,
                 "vae_fingerprint": self.vae.fingerprint(), "latent_tag": self.tag,
                 "eval_windows": c.eval_windows, "eval_horizon": c.eval_horizon,
                 "eval_context": c.eval_context}
