@@ -138,18 +138,21 @@ class CachedStepper:
 def uncached_stepper(model: DynamicsModel, B: int, bf16: bool, num_steps: int,
                      latent) -> Callable[[], object]:
     """The same step without a cache: every network evaluation runs the whole window (W-1
-    context frames + the new one), then one more pass for the heads."""
+    context frames + the new one, each with the frame before it as its `previous` input),
+    then one more pass for the heads."""
     dcfg = model.config.diffusion
     W = model.config.dit.window
     context = torch.randn(B, W - 1, *latent)
     emb = model.embed_actions(random_actions(B, W - 1), W).detach()
     denoiser = Denoiser(model.dit, dcfg.sigma_data)
     ctx_sigma = torch.full((B, W - 1), dcfg.context_sigma)
+    previous = torch.cat([context[:, :1], context], 1)  # (B, W, ...): the frame before each
     sigmas = karras_sigmas(num_steps, dcfg.sample_sigma_min, dcfg.sample_sigma_max, dcfg.rho)
 
     def whole_window(x, sigma, cond):
         xs = torch.cat([context, x], 1)
-        return denoiser(xs, torch.cat([ctx_sigma, sigma[:, None]], 1), Conditioning(emb))[:, -1:]
+        return denoiser(xs, torch.cat([ctx_sigma, sigma[:, None]], 1),
+                        Conditioning(emb, previous=previous))[:, -1:]
 
     @torch.no_grad()
     def step():
