@@ -106,8 +106,6 @@ class LoopConfig:
 
 def tiny_loop_config(out: Path, **overrides: Any) -> LoopConfig:
     """Seconds-scale settings (tests, smoke runs): tiny VAE, DiT and agent, short episodes."""
-    from agents.imagination import ImaginationConfig
-
     quick = dict(batch_size=4, lr=2e-3, warmup_steps=2, eval_every=0, checkpoint_every_min=0,
                  progress=False, bf16=False, threads=1, log_every=5)
     return dataclasses.replace(LoopConfig(

@@ -24,17 +24,13 @@ class AgentPolicy:
 
     def __init__(self, action_space: spaces.Space, num_envs: int,
                  action_names: Sequence[str] | None = None, argument: str | None = None):
-        from agents.actor_critic import load_actor_critic
-        from worldsim.training.checkpoint import CheckpointError
+        from agents.actor_critic import load_agent
 
         if not argument:
             raise ValueError("the agent policy needs the agent's path: "
                              "'agents.policy:AgentPolicy=PATH'")
-        self.model, _, _ = load_actor_critic(argument, device="cpu")
-        self.model.eval()
-        if action_space != self.model.action_space:
-            raise CheckpointError(f"the agent in {argument} acts in {self.model.action_space}, "
-                                  f"but the env's action space is {action_space}")
+        # load_agent checks the action space; only its model is used (acting is batched here)
+        self.model = load_agent(argument, action_space, device="cpu").model
         self.num_envs = num_envs
         self.state = self.model.initial_state(num_envs)
         self.first = torch.ones(num_envs, dtype=torch.bool)

@@ -529,9 +529,7 @@ def run(cfg: DreamConfig, dream: gym.Env | None = None) -> tuple[Path, dict[str,
     if cfg.steps < 1:
         raise ValueError(f"--steps must be at least 1, got {cfg.steps}")
     if dream is None:
-        dream = make_dream(cfg.checkpoint, cfg.dream_env,
-                           **({} if cfg.sampling_steps is None
-                              else {"num_sampling_steps": cfg.sampling_steps}))
+        dream = make_dream(cfg.checkpoint, cfg.dream_env, num_sampling_steps=cfg.sampling_steps)
     context = cfg.context or preferred_context(dream)
     prompt = None
     if cfg.prompt is not None:

@@ -829,11 +829,11 @@ class PlayConfig:
 BUNDLED_DREAM_ID = "worldsim/CrafterDream-v0"
 
 
-def make_bundled_dream(**kwargs) -> gym.Env:
+def make_bundled_dream(num_sampling_steps: int | None = None) -> gym.Env:
     import envs  # noqa: F401
 
     try:
-        return gym.make(BUNDLED_DREAM_ID, **kwargs)
+        return gym.make(BUNDLED_DREAM_ID, num_sampling_steps=num_sampling_steps)
     except (ImportError, AttributeError, FileNotFoundError, gym.error.Error) as e:
         raise SystemExit(f"worldsim play: there is no bundled world model yet ({e}); pass "
                          "--checkpoint PATH to play a trained one, or --real ENV_ID to play "
@@ -848,12 +848,10 @@ def build(cfg: PlayConfig) -> tuple[Game, str]:
     if cfg.side_by_side and cfg.checkpoint is None:
         raise SystemExit("worldsim play --side-by-side: pass --checkpoint PATH, the dream to "
                          "show beside the real game")
-    dream_kwargs = ({} if cfg.sampling_steps is None
-                    else {"num_sampling_steps": cfg.sampling_steps})
     if cfg.checkpoint is not None:
-        dream = make_dream(cfg.checkpoint, cfg.dream_env, **dream_kwargs)
+        dream = make_dream(cfg.checkpoint, cfg.dream_env, num_sampling_steps=cfg.sampling_steps)
     elif cfg.real is None:
-        dream = make_bundled_dream(**dream_kwargs)
+        dream = make_bundled_dream(cfg.sampling_steps)
     real_id = cfg.real
     if real_id is None and cfg.side_by_side:
         real_id = source_env_id(cfg.checkpoint) if cfg.checkpoint is not None else None

@@ -272,7 +272,7 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
     import tempfile
 
     from worldsim.data.store import EpisodeStore
-    from worldsim.diffusion.sampling import num_evaluations
+    from worldsim.diffusion.sampling import get_sampler
     from worldsim.models.vae import VAE
     from worldsim.training.checkpoint import save_checkpoint, versions
 
@@ -287,7 +287,7 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
                 "sampler": sampler or diffusion.sampler}
     if sampling["num_steps"] < 1:
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
-    num_evaluations(sampling["sampler"], sampling["num_steps"])  # names an unknown sampler
+    get_sampler(sampling["sampler"])  # an unknown name raises, listing the choices
     rng = np.random.default_rng(seed)
     names = [n for n in store.split("val") if store.length(n) + 1 >= context_frames]
     if not names:

@@ -294,8 +294,8 @@ class RolloutState:
     def select(self, rows: torch.Tensor | list[int]) -> RolloutState:
         """The state of some rows (a copy)."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.last_latents.device)
-        return RolloutState(self.cache.select(rows), self.last_latents[rows],
-                            self.last_seen[rows], None if self.reward_probs is None else self.reward_probs[rows])
+        return RolloutState(self.cache.select(rows), self.last_latents[rows], self.last_seen[rows],
+                            None if self.reward_probs is None else self.reward_probs[rows])
 
     def assign(self, rows: torch.Tensor | list[int], other: RolloutState) -> None:
         """Overwrite rows with `other`'s (e.g. after resetting some sub-environments)."""
@@ -419,7 +419,7 @@ class DynamicsModel(nn.Module):
         context_sigma = torch.full_like(sigma, dcfg.context_sigma)
         x_context = add_noise(x0, context_sigma, context_noise)
         previous_clean, previous_seen = previous_frames(x0, x_context)
-        offset = previous_clean if self.config.residual else torch.zeros_like(x0)
+        offset = previous_clean if self.config.residual else 0.0
         target = x0 - offset  # what is diffused: the frame, or its change
         y_noisy = add_noise(target, sigma, noise)
         if not teacher_forcing:
@@ -526,7 +526,7 @@ class DynamicsModel(nn.Module):
         latents = latents.float()
         x = add_noise(latents, sigma, noise)
         previous_clean, previous_seen = previous_frames(latents, x, before)
-        offset = previous_clean if self.config.residual else torch.zeros_like(x)
+        offset = previous_clean if self.config.residual else 0.0
         s = get_scalings(sigma, dcfg.sigma_data)
         tokens, _ = self.dit.features(append_dims(s.c_in, x.ndim) * (x - offset), s.c_noise,
                                       Conditioning(action_emb, cache, previous=previous_seen))
@@ -571,8 +571,7 @@ class DynamicsModel(nn.Module):
         sigmas = karras_sigmas(num_steps or dcfg.num_steps, dcfg.sample_sigma_min,
                                dcfg.sample_sigma_max, dcfg.rho, device=self.device)
         previous = state.last_latents[:, None]  # (B, 1, C, h, w)
-        denoiser = self.denoiser
-        start = torch.zeros_like(previous)
+        denoiser, start = self.denoiser, 0.0
         if self.config.residual:
             denoiser, start = OffsetDenoiser(denoiser, previous), previous
         x = start + torch.randn((B, 1, C, h, w), generator=generator,
