@@ -44,6 +44,9 @@ class ImagineConfig:
     """Observation mode passed to the dream env (None: the env's default)."""
     tensor_mode: bool = True
     """Dream envs exchange torch tensors with the agent (frames never leave the device)."""
+    bf16: bool = False
+    """Dream envs run the world model under bfloat16 autocast (on this project's CPU
+    machine 1.5x faster imagination at 32 envs; see docs/DESIGN-NOTES.md)."""
     num_envs: int = 32
     """Envs stepped together (the batch of the dream's forward pass)."""
     steps: int = 1000
@@ -83,7 +86,9 @@ def make_env(cfg: ImagineConfig):
     if cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
     if cfg.env in DREAM_ENV_IDS:
-        kwargs["tensor_mode"] = cfg.tensor_mode
+        kwargs.update(tensor_mode=cfg.tensor_mode, bf16=cfg.bf16)
+    elif cfg.bf16:
+        raise ValueError(f"--bf16 applies to the dream envs {DREAM_ENV_IDS}, not {cfg.env}")
     mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
     return gym.make_vec(cfg.env, num_envs=cfg.num_envs, vectorization_mode=mode, **kwargs)
 

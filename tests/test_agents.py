@@ -424,8 +424,10 @@ def test_imagine_in_the_dream_then_score_in_the_real_game(tiny_bundle, tmp_path)
     from agents.score import ScoreConfig, score_agent
 
     imagine.main(["--checkpoint", str(tiny_bundle), "--num-envs", "2", "--steps", "1",
-                  "--preset", "tiny", "--training.horizon", "3", "--no-progress",
+                  "--preset", "tiny", "--training.horizon", "3", "--no-progress", "--bf16",
                   "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="--bf16 applies to the dream envs"):
+        imagine.main(["--env", "worldsim/Crafter-v0", "--bf16", "--out", str(tmp_path / "x")])
     config = json.loads((tmp_path / "agent" / "config.json").read_text())
     assert config["training"]["env"] == "worldsim/Dream-v0"
     assert config["observation_space"]["shape"] == [64, 64, 3]

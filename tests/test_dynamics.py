@@ -250,6 +250,9 @@ def test_weights_and_support_from_data():
     assert termination_pos_weight(torch.tensor([True] + [False] * 99)) == pytest.approx(99**0.5)
     crafter = reward_support_from_data(torch.tensor([0.0, 1.0, -0.1, 0.1, 0.9, 0.0]))
     assert crafter == (-0.1, 0.0, 0.1, 0.9, 1.0)
+    # more distinct values than max_values: the frequent ones and both extremes
+    many = torch.tensor([0.0] * 50 + [-0.2] * 9 + [1.0] * 8 + [0.1] * 7 + [-0.7, 1.1, 0.6])
+    assert reward_support_from_data(many, max_values=5) == (-0.7, -0.2, 0.0, 1.0, 1.1)
 
 
 def test_config_round_trips_through_json_strictly():

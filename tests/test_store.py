@@ -208,3 +208,18 @@ def test_dataset_json_describes_itself(tmp_path):
     meta = json.loads((tmp_path / "dataset.json").read_text())
     assert meta["env_id"] == "Test-v0" and meta["action_space"]["type"] == "Discrete"
     assert meta["observation_space"]["shape"] == [8, 8, 3] and "numpy" in meta["versions"]
+
+
+def test_last_transition_events_mark_rewards_and_terminations(tmp_path):
+    store = new_store(tmp_path)
+    for tag in range(2):
+        ep = make_episode(12, tag=tag, seed=tag)
+        ep.rewards[:] = 0
+        ep.rewards[[3, 7]] = (1.0, -0.1)
+        store.add(ep, name=f"ep{tag:02d}")
+    ds = WindowDataset(store, split="all", length=3)
+    events = ds.last_transition_events()
+    batch = ds.take(np.arange(len(ds)))
+    expected = (batch["rewards"][:, -1] != 0) | batch["terminated"][:, -1]
+    assert np.array_equal(events, expected)
+    assert events.sum() == 2 * 3  # two rewards and the terminal step, per episode

@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train vae": ("worldsim.training.train_vae", "train the frame VAE"),
     "encode": ("worldsim.training.encode", "write a dataset's latent cache with a trained VAE"),
     "train dynamics": ("worldsim.training.train_dynamics", "train the action-conditioned DiT"),
+    "train reward": ("worldsim.training.train_reward", "train the reward and termination model"),
+    "bundle": ("worldsim.world_model", "assemble a simulator bundle from trained parts"),
     "eval": ("worldsim.evaluation.report", "evaluate a checkpoint against real data"),
     "play": ("envs.play", "play the learned simulator (and the real game) with pygame"),
     "dream": ("envs.dream_video", "render a dream rollout to mp4/gif"),

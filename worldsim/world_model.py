@@ -1,5 +1,6 @@
 """The learned simulator as one object: VAE + dynamics (DiT with reward/termination heads) +
-the spaces and real start contexts of the data it learnt from.
+an optional companion reward model + the spaces and real start contexts of the data it learnt
+from.
 
 A checkpoint bundle is a directory::
 
@@ -7,6 +8,9 @@ A checkpoint bundle is a directory::
                                        settings, data fingerprint, versions, metrics
     BUNDLE/vae/                        the VAE checkpoint (config.json + model.safetensors)
     BUNDLE/dynamics/                   the dynamics checkpoint (config.json + model.safetensors)
+    BUNDLE/reward/                     optional: the reward and termination model
+                                       (worldsim.models.reward_model); when present it, not
+                                       the dynamics model's heads, gives reward and termination
     BUNDLE/start_contexts.safetensors  real start contexts from validation episodes:
                                        frames uint8 (N, K, H, W, 3), actions.<key> (N, K-1, ...)
 
@@ -90,8 +94,9 @@ class WorldModel:
     actions (next latent, reward, termination), decode. See the module docstring."""
 
     def __init__(self, vae, dynamics, config: dict[str, Any], start_frames: np.ndarray,
-                 start_actions: dict[str, np.ndarray], source: str = ""):
+                 start_actions: dict[str, np.ndarray], source: str = "", reward_model=None):
         self.vae, self.dynamics, self.config, self.source = vae, dynamics, config, source
+        self.reward_model = reward_model  # None: the dynamics model's heads
         self.observation_space: spaces.Box = space_from_json(config["observation_space"])
         self.action_space: spaces.Space = space_from_json(config["action_space"])
         self.action_keys = action_keys(self.action_space)
@@ -132,11 +137,24 @@ class WorldModel:
             raise CheckpointError(f"{path}: the dynamics model takes "
                                   f"{dynamics.config.dit.in_channels} latent channels, the VAE "
                                   f"makes {vae.latent_channels}")
+        reward_model = None
+        if (path / "reward").is_dir():
+            from worldsim.models.reward_model import load_reward_model
+
+            reward_model, reward_meta = load_reward_model(path / "reward", device=device)
+            if reward_meta["action_space"] != config["action_space"]:
+                raise CheckpointError(f"{path}/reward was trained for another action space than "
+                                      f"the bundle declares")
+            if reward_meta.get("vae_fingerprint") not in (None, vae.fingerprint()):
+                raise CheckpointError(f"{path}/reward was trained on latents of VAE "
+                                      f"{reward_meta['vae_fingerprint']}, the bundle's VAE is "
+                                      f"{vae.fingerprint()}")
         ctx = tensors["start_contexts"]
         frames = ctx["frames"].numpy()
         actions = {k[len("actions."):]: v.numpy() for k, v in ctx.items()
                    if k.startswith("actions.")}
-        return cls(vae, dynamics, config, frames, actions, source=str(path))
+        return cls(vae, dynamics, config, frames, actions, source=str(path),
+                   reward_model=reward_model)
 
     @classmethod
     def untrained(cls, observation_space: spaces.Box, action_space: spaces.Space, *,
@@ -249,26 +267,36 @@ class WorldModel:
         `sampler` override the bundle's defaults (`self.num_steps`, `self.sampler`)."""
         actions = self.action_tensors(actions, (state.batch_size,))
         with torch.no_grad():
+            previous = state.last_latents.clone()  # the step replaces it
             out = self.dynamics.step(state, actions, generator,
                                      num_steps=num_steps or self.num_steps,
                                      sampler=sampler or self.sampler)
-        return StepOutput(out.latents, out.reward, out.termination_prob,
-                          out.state.reward_probs, out.state)
+            reward, termination_prob = out.reward, out.termination_prob
+            if self.reward_model is not None:
+                reward, probs, termination_prob = self.reward_model.predict(
+                    previous, actions, out.latents.float())
+                out.state.reward_probs = probs
+        return StepOutput(out.latents, reward, termination_prob, out.state.reward_probs,
+                          out.state)
 
     @property
     def reward_support(self) -> torch.Tensor:
-        return self.dynamics.heads.support
+        """The values `StepOutput.reward_probs` is a distribution over."""
+        model = self.reward_model if self.reward_model is not None else self.dynamics.heads
+        return model.support
 
 
 def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkpoint: str | Path,
                  data: str | Path, num_contexts: int = DEFAULT_START_CONTEXTS,
                  context_frames: int = DEFAULT_CONTEXT_FRAMES, seed: int = 0,
                  metrics: dict | None = None, num_steps: int | None = None,
-                 sampler: str | None = None) -> Path:
-    """Assemble a bundle from a VAE checkpoint, a dynamics checkpoint (EMA weights) and real
-    start contexts drawn (seeded) from the validation episodes of the dataset `data`.
-    `num_steps` / `sampler`: the bundle's default sampler settings (None: the dynamics
-    model's)."""
+                 sampler: str | None = None, reward_checkpoint: str | Path | None = None
+                 ) -> Path:
+    """Assemble a bundle from a VAE checkpoint, a dynamics checkpoint (EMA weights), optionally
+    a reward model checkpoint, and real start contexts drawn (seeded) from the validation
+    episodes of the dataset `data`. `num_steps` / `sampler`: the bundle's default sampler
+    settings (None: the dynamics model's). `metrics`: None takes those recorded in the
+    dynamics checkpoint."""
     import tempfile
 
     from worldsim.data.store import EpisodeStore
@@ -288,6 +316,19 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
     if sampling["num_steps"] < 1:
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
     get_sampler(sampling["sampler"])  # an unknown name raises, listing the choices
+    parts = {}
+    if reward_checkpoint is not None:
+        from worldsim.models.reward_model import load_reward_model
+
+        reward_model, reward_meta = load_reward_model(reward_checkpoint)
+        if reward_meta["action_space"] != dyn_meta["action_space"]:
+            raise CheckpointError(f"{reward_checkpoint} was trained for another action space "
+                                  f"than {dynamics_checkpoint}")
+        if reward_meta.get("vae_fingerprint") not in (None, vae.fingerprint()):
+            raise CheckpointError(f"{reward_checkpoint} was trained on latents of another VAE "
+                                  f"than {vae_checkpoint}")
+        parts["reward"] = ({k: v for k, v in reward_meta.items() if k not in ("checkpoint", "state")},
+                           {"model": reward_model.state_dict()})
     rng = np.random.default_rng(seed)
     names = [n for n in store.split("val") if store.length(n) + 1 >= context_frames]
     if not names:
@@ -304,9 +345,10 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
     contexts.update({f"actions.{k}": torch.from_numpy(np.stack(v)) for k, v in actions.items()})
     with tempfile.TemporaryDirectory() as tmp:
         vae.save(Path(tmp) / "vae", metrics=vae_metrics(vae_checkpoint))
-        dyn_config = {k: v for k, v in dyn_meta.items() if k not in ("checkpoint", "state")}
-        save_checkpoint(Path(tmp) / "dynamics", dyn_config,
-                        {"model": dynamics.state_dict()})
+        parts["dynamics"] = ({k: v for k, v in dyn_meta.items() if k not in ("checkpoint", "state")},
+                             {"model": dynamics.state_dict()})
+        for name, (part_config, part_tensors) in parts.items():
+            save_checkpoint(Path(tmp) / name, part_config, part_tensors)
         config = {
             "format": BUNDLE_FORMAT,
             "env_id": store.env_id,
@@ -318,11 +360,11 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
                      "frames": store.num_frames, "start_context_seed": seed},
             "vae_fingerprint": vae.fingerprint(),
             "versions": versions(),
-            "metrics": metrics or {},
+            "metrics": dyn_meta.get("metrics", {}) if metrics is None else metrics,
         }
         return save_checkpoint(out, config, {"start_contexts": contexts},
                                subdirectories={"vae": Path(tmp) / "vae",
-                                               "dynamics": Path(tmp) / "dynamics"})
+                                               **{name: Path(tmp) / name for name in parts}})
 
 
 def vae_metrics(path: str | Path) -> dict:
@@ -331,3 +373,45 @@ def vae_metrics(path: str | Path) -> dict:
     from worldsim.training.loop import resolve_checkpoint
 
     return dict(read_config(resolve_checkpoint(path)).get("metrics", {}))
+
+
+@dataclass
+class BundleConfig:
+    """Assemble a simulator bundle from trained parts (`worldsim bundle`)."""
+
+    vae: Path
+    """VAE checkpoint or `worldsim train vae` run directory."""
+    dynamics: Path
+    """Dynamics checkpoint or `worldsim train dynamics` run directory (EMA weights)."""
+    data: Path
+    """The dataset the parts were trained on: the start contexts come from its validation
+    episodes (the same seed gives the same contexts)."""
+    out: Path
+    """The bundle directory to write (replaced atomically if it exists)."""
+    reward: Path | None = None
+    """Reward model checkpoint or `worldsim train reward` run directory; without it the
+    dynamics model's heads give reward and termination."""
+    num_contexts: int = DEFAULT_START_CONTEXTS
+    """Real start contexts shipped for env resets."""
+    context_frames: int = DEFAULT_CONTEXT_FRAMES
+    """Frames per start context."""
+    seed: int = 0
+    """Seed of the start-context draw."""
+    sample_steps: int | None = None
+    """Default sampler steps per generated frame (None: the dynamics model's)."""
+    sampler: str | None = None
+    """Default sampler (None: the dynamics model's)."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    import tyro
+
+    from worldsim.training.loop import resolve_checkpoint
+
+    cfg = tyro.cli(BundleConfig, args=argv)
+    out = build_bundle(cfg.out, vae_checkpoint=resolve_checkpoint(cfg.vae),
+                       dynamics_checkpoint=resolve_checkpoint(cfg.dynamics), data=cfg.data,
+                       num_contexts=cfg.num_contexts, context_frames=cfg.context_frames,
+                       seed=cfg.seed, num_steps=cfg.sample_steps, sampler=cfg.sampler,
+                       reward_checkpoint=None if cfg.reward is None else resolve_checkpoint(cfg.reward))
+    print(f"bundle: {out}", flush=True)

@@ -376,10 +376,23 @@ class WindowDataset:
             "terminated": ep.terminated[s:s + L - 1],
         }
 
+    def last_transition_events(self) -> np.ndarray:
+        """(len,) bool: the windows whose last transition has a nonzero reward or ends the
+        episode (the rare events a reward model is trained on more often than they occur)."""
+        if self.length < 2:
+            raise ValueError("windows of one frame have no transition")
+        event = [(np.asarray(ep.rewards) != 0) | np.asarray(ep.terminated, bool)
+                 for ep in self._episodes]
+        e, last = self._index[:, 0], self._index[:, 1] + self.length - 2
+        return np.array([event[i][t] for i, t in zip(e, last, strict=True)], bool)
+
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, Any]:
         """A batch of random windows stacked along a new first axis (copies)."""
-        items = [self[i] for i in rng.integers(0, len(self), batch_size)]
-        return collate(items)
+        return self.take(rng.integers(0, len(self), batch_size))
+
+    def take(self, indices: Any) -> dict[str, Any]:
+        """The windows at `indices` stacked along a new first axis (copies)."""
+        return collate([self[int(i)] for i in indices])
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -289,7 +289,8 @@ def reward_termination_picks(episodes: Sequence[Episode], negatives: int,
     return StratifiedPicks(np.concatenate([pos, chosen]), weights, sampled)
 
 
-def _precision_recall(pred: np.ndarray, true: np.ndarray, w: np.ndarray) -> dict[str, float]:
+def precision_recall(pred: np.ndarray, true: np.ndarray, w: np.ndarray) -> dict[str, float]:
+    """Weighted precision, recall and F1 of boolean predictions (each row counts `w` times)."""
     tp = float(w[pred & true].sum())
     fp = float(w[pred & ~true].sum())
     fn = float(w[~pred & true].sum())
@@ -316,10 +317,10 @@ def reward_termination_metrics(run: TeacherForcedRun, picks: StratifiedPicks,
         "transitions_represented": float(w.sum()),
         "negatives_sampled": int(picks.sampled.sum()),
         "heads_steps": run.heads_steps,
-        "reward_nonzero": _precision_recall(pred != 0, r != 0, w),
-        "reward_positive": _precision_recall(pred > 0, r > 0, w),
-        "reward_negative": _precision_recall(pred < 0, r < 0, w),
-        "termination": _precision_recall(run.termination_prob > threshold, run.terminated, w),
+        "reward_nonzero": precision_recall(pred != 0, r != 0, w),
+        "reward_positive": precision_recall(pred > 0, r > 0, w),
+        "reward_negative": precision_recall(pred < 0, r < 0, w),
+        "termination": precision_recall(run.termination_prob > threshold, run.terminated, w),
         "termination_threshold": threshold,
         "reward_mae_weighted": float((w * np.abs(run.reward_mean - r)).sum() / w.sum()),
     }

@@ -152,13 +152,15 @@ def two_hot(values: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
 
 
 def reward_support_from_data(rewards: torch.Tensor, max_values: int = 9) -> tuple[float, ...]:
-    """A support for `HeadsConfig.reward_support`: the distinct reward values if there are at
-    most `max_values` (rounded to 1e-4), else evenly spaced quantiles (always with 0)."""
+    """A support for `HeadsConfig.reward_support`: the distinct reward values (rounded to 1e-4)
+    if there are at most `max_values`, else the `max_values - 2` most frequent ones plus the
+    smallest and the largest (rare sums such as Crafter's -0.7 are then two-hot between their
+    neighbours). Always holds 0."""
     r = torch.as_tensor(rewards, dtype=torch.float64).flatten()
-    distinct = torch.unique(torch.round(r * 1e4) / 1e4)
+    distinct, counts = torch.unique(torch.round(r * 1e4) / 1e4, return_counts=True)
     if len(distinct) > max_values:
-        distinct = torch.unique(torch.quantile(r, torch.linspace(0, 1, max_values - 1,
-                                                                 dtype=torch.float64)))
+        frequent = distinct[counts.argsort(descending=True, stable=True)[:max(max_values - 2, 1)]]
+        distinct = torch.cat([frequent, distinct[:1], distinct[-1:]])
     values = sorted({*distinct.tolist(), 0.0})
     if len(values) == 1:
         values = [0.0, 1.0]

@@ -1,0 +1,296 @@
+"""`worldsim train reward`: train the companion reward and termination model
+(worldsim.models.reward_model) on a dataset's latent cache.
+
+    worldsim train reward --data DATASET --vae VAE_RUN --out RUN [--dynamics RUN_OR_BUNDLE]
+
+A training example is one transition (z_t, a_t, z_{t+1}, reward, terminated). A share
+`event_share` of every batch is drawn from the rare transitions with a nonzero reward or a
+termination; the model's logits are corrected for that share (see the model's docstring).
+
+With `--dynamics`, a share `predicted_share` of each batch sees z_{t+1} as the dynamics model
+samples it from the `context` real frames before it (the bundle's sampler settings), instead
+of the recorded one: in the simulator the reward model only ever reads sampled frames, which
+are blurrier than encoded ones.
+
+Evaluation (EMA weights): weighted precision / recall of nonzero rewards (the most likely
+support value) and of terminations (probability above 0.5) on every held-out event transition
+and a sample of the others, on recorded next latents and, with `--dynamics`, on sampled ones.
+The run's newest checkpoint goes into a bundle with `worldsim bundle --reward RUN`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from worldsim.data.store import EpisodeStore, WindowDataset
+from worldsim.evaluation.fidelity import precision_recall
+from worldsim.models.dynamics import reward_support_from_data
+from worldsim.models.reward_model import RewardModel, RewardModelConfig, event_shares
+from worldsim.models.vae import VAE
+from worldsim.runtime import autocast
+from worldsim.spaces import space_to_json
+from worldsim.training.checkpoint import dataset_fingerprint
+from worldsim.training.encode import encode_dataset, latent_tag
+from worldsim.training.loop import TrainConfig, TrainingTask, setup, train
+
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=500,
+                       ema_decay=0.99, weight_decay=0.01)
+
+
+@dataclass
+class TrainRewardConfig:
+    """Train the reward and termination model on a dataset's latents."""
+
+    data: Path
+    """Episode store directory."""
+    vae: Path
+    """VAE checkpoint, a `worldsim train vae` run directory, or a bundle (its VAE)."""
+    out: Path
+    """Run directory (checkpoints, TensorBoard logs, metrics.jsonl); resumed if it exists."""
+    dynamics: Path | None = None
+    """Dynamics checkpoint, run directory or bundle whose sampled next frames a share of each
+    batch is trained on (see `predicted_share`); None: recorded frames only."""
+    predicted_share: float = 0.5
+    """Share of each batch whose next latent is sampled by `dynamics`."""
+    sampling_steps: int = 1
+    """Sampler steps of `dynamics` for those frames (the shipped bundle's default)."""
+    context: int = 3
+    """Real frames the dynamics model sees before the transition."""
+    event_share: float = 0.5
+    """Share of each batch drawn from transitions with a nonzero reward or a termination."""
+    width: int = 128
+    """Channels of the model's convolutional trunk."""
+    train: TrainConfig = field(default_factory=_default_train)
+    eval_plain: int = 2048
+    """Held-out transitions without an event sampled for each evaluation (all event ones are
+    used)."""
+
+
+def _vae_path(path: Path) -> Path:
+    return path / "vae" if (path / "vae" / "config.json").exists() else path
+
+
+class RewardTask(TrainingTask):
+    """Transition -> reward and termination on a latent cache (see `TrainingTask`)."""
+
+    kind = "reward"
+
+    def __init__(self, cfg: TrainRewardConfig, device: torch.device, is_main: bool = True):
+        if not 0 <= cfg.event_share < 1 or not 0 <= cfg.predicted_share <= 1:
+            raise ValueError("event_share must be in [0, 1) and predicted_share in [0, 1]")
+        self.cfg, self.device = cfg, torch.device(device)
+        self.store = EpisodeStore(cfg.data)
+        self.vae = VAE.from_checkpoint(_vae_path(Path(cfg.vae)), device=self.device)
+        self.tag = latent_tag(self.vae)
+        if any(not self.store.has_latents(self.tag, n) for n in self.store.names):
+            if not is_main:
+                raise RuntimeError(f"{cfg.data} lacks latents for VAE {self.tag}; run "
+                                   f"`worldsim encode` first")
+            encode_dataset(self.vae, self.store, vae_path=cfg.vae)
+        self.dynamics = None if cfg.dynamics is None else self._dynamics(Path(cfg.dynamics))
+        length = cfg.context + 1 if self.dynamics is not None else 2
+        self.train_set = WindowDataset(self.store, "train", length=length, latents=self.tag)
+        self.val_set = WindowDataset(self.store, "val", length=length, latents=self.tag)
+        self.train_events = np.flatnonzero(self.train_set.last_transition_events())
+        self.train_plain = np.flatnonzero(~self.train_set.last_transition_events())
+        if len(self.train_events) == 0 or len(self.train_plain) == 0:
+            raise ValueError(f"{cfg.data}: the training split needs transitions with and "
+                             f"without a reward or termination")
+        rewards, terminated = self._split_events("train")
+        support = reward_support_from_data(torch.from_numpy(rewards))
+        shares = event_shares(torch.from_numpy(rewards), torch.from_numpy(terminated), support,
+                              cfg.event_share)
+        h, w = self.vae.latent_shape(*self.store.frame_shape()[:2])[1:]
+        self.model_config = RewardModelConfig(latent_channels=self.vae.latent_channels,
+                                              latent_size=(h, w), width=cfg.width,
+                                              reward_support=support, **shares)
+        self.model = RewardModel(self.model_config, self.store.action_space).to(self.device)
+        self._eval: dict[str, Any] | None = None
+        self._pool: dict[str, Any] | None = None  # cached sampled next frames
+
+    def _dynamics(self, path: Path):
+        from worldsim.training.checkpoint import CheckpointError
+        from worldsim.world_model import load_dynamics
+
+        model, meta = load_dynamics(path / "dynamics" if (path / "dynamics").is_dir() else path,
+                                    device=self.device)
+        saved_vae = meta.get("task", {}).get("vae_fingerprint")
+        if saved_vae is not None and saved_vae != self.vae.fingerprint():
+            raise CheckpointError(f"{path} was trained on latents of VAE {saved_vae}, this "
+                                  f"run's VAE is {self.vae.fingerprint()}")
+        return model
+
+    def _split_events(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """All rewards and terminations of a split's episodes, flat."""
+        eps = [self.store.load(n) for n in self.store.split(split)]
+        return (np.concatenate([np.asarray(e.rewards, np.float32) for e in eps]),
+                np.concatenate([np.asarray(e.terminated, bool) for e in eps]))
+
+    def config(self) -> dict[str, Any]:
+        c = self.cfg
+        return {"reward_model": self.model_config.to_dict(), "event_share": c.event_share,
+                "dynamics": None if c.dynamics is None else str(Path(c.dynamics).resolve()),
+                "predicted_share": c.predicted_share, "sampling_steps": c.sampling_steps,
+                "context": c.context, "vae_fingerprint": self.vae.fingerprint()}
+
+    def data_info(self) -> dict[str, Any]:
+        s = self.store
+        return {"path": str(Path(self.cfg.data).resolve()), "env_id": s.env_id,
+                "fingerprint": dataset_fingerprint(s), "episodes": len(s),
+                "frames": s.num_frames, "train_transitions": len(self.train_set),
+                "train_events": len(self.train_events)}
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        return {"kind": self.kind, "reward_model": self.model_config.to_dict(),
+                "action_space": space_to_json(self.store.action_space),
+                "observation_space": space_to_json(self.store.observation_space),
+                "env_id": self.store.env_id, "vae_fingerprint": self.vae.fingerprint()}
+
+    # ------------------------------------------------------------------ batches
+    def _sampled_next(self, dataset: WindowDataset, index: np.ndarray, seed: int,
+                      what: str) -> torch.Tensor:
+        """The dynamics model's sample of the last frame of each window at `index` from the
+        real frames before it: (N, C, h, w), on the CPU. Sampling costs about 10 ms a
+        transition here, so it is done once per run, not per batch."""
+        from tqdm.auto import tqdm
+
+        g = torch.Generator(self.device).manual_seed(seed)
+        out = []
+        chunks = range(0, len(index), 128)
+        for i in tqdm(chunks, desc=f"sampling {what} next frames", disable=len(chunks) < 4):
+            windows = dataset.take(index[i:i + 128])
+            z = torch.from_numpy(windows["observations"]).to(self.device).float()
+            actions = {k: torch.from_numpy(v).to(self.device) for k, v in windows["actions"].items()}
+            with torch.no_grad(), autocast(self.device, self.cfg.train.bf16):
+                state = self.dynamics.start(z[:, :-1], {k: v[:, :-1] for k, v in actions.items()}, g)
+                step = self.dynamics.step(state, {k: v[:, -1] for k, v in actions.items()}, g,
+                                          num_steps=self.cfg.sampling_steps)
+            out.append(step.latents.float().cpu())
+        return torch.cat(out)
+
+    def _sampled_pool(self, rng: np.random.Generator) -> dict[str, Any]:
+        """Training windows whose sampled next frame is cached: every event window and as many
+        others (chosen with `rng`)."""
+        plain = np.sort(rng.choice(self.train_plain, min(len(self.train_plain),
+                                                         len(self.train_events)), replace=False))
+        index = np.concatenate([self.train_events, plain])
+        return {"index": index, "event": np.arange(len(index)) < len(self.train_events),
+                "latents": self._sampled_next(self.train_set, index, seed=1, what="training")}
+
+    def _transitions(self, windows: dict[str, Any], sampled: torch.Tensor | None = None
+                     ) -> dict[str, Any]:
+        """The last transition of each window (B, L, ...), with next latents `sampled`
+        (B, C, h, w) in place of the recorded ones where given (rows of NaN keep theirs)."""
+        z = torch.from_numpy(windows["observations"][:, -2:]).to(self.device).float()
+        nxt = z[:, 1]
+        if sampled is not None:
+            keep = sampled.isnan().flatten(1).any(1).to(self.device)
+            nxt = torch.where(keep[:, None, None, None], nxt, sampled.to(self.device))
+        return {"previous": z[:, 0], "latents": nxt,
+                "actions": {k: torch.from_numpy(v[:, -1]).to(self.device)
+                            for k, v in windows["actions"].items()},
+                "rewards": torch.from_numpy(windows["rewards"][:, -1]).to(self.device).float(),
+                "terminated": torch.from_numpy(windows["terminated"][:, -1]).to(self.device)}
+
+    def sample_batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, Any]:
+        """previous, latents (B, C, h, w), actions {key: (B, ...)}, rewards, terminated (B,)."""
+        events = rng.random(batch_size) < self.cfg.event_share
+        index = np.where(events, rng.choice(self.train_events, batch_size),
+                         rng.choice(self.train_plain, batch_size))
+        sampled = None
+        if self.dynamics is not None:
+            if self._pool is None:
+                self._pool = self._sampled_pool(np.random.default_rng(self.cfg.train.seed))
+            pool = self._pool
+            use = rng.random(batch_size) < self.cfg.predicted_share
+            picks = np.where(events, rng.choice(np.flatnonzero(pool["event"]), batch_size),
+                             rng.choice(np.flatnonzero(~pool["event"]), batch_size))
+            index = np.where(use, pool["index"][picks], index)
+            sampled = torch.where(torch.from_numpy(use)[:, None, None, None],
+                                  pool["latents"][picks], torch.tensor(float("nan")))
+        return self._transitions(self.train_set.take(index), sampled)
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
+        inner = getattr(model, "module", model)
+        return inner.loss(batch["previous"], batch["actions"], batch["latents"],
+                          batch["rewards"], batch["terminated"])
+
+    # ------------------------------------------------------------------ evaluation
+    def _validation(self) -> dict[str, Any]:
+        """Every held-out event transition and `eval_plain` others, with weights that make
+        weighted counts estimates over all held-out transitions (and their sampled next
+        frames, with `dynamics`)."""
+        if self._eval is None:
+            events = self.val_set.last_transition_events()
+            plain = np.flatnonzero(~events)
+            take = min(len(plain), self.cfg.eval_plain)
+            chosen = np.sort(np.random.default_rng(0).choice(plain, take, replace=False))
+            index = np.concatenate([np.flatnonzero(events), chosen])
+            weights = np.concatenate([np.ones(int(events.sum())),
+                                      np.full(take, len(plain) / max(take, 1))])
+            self._eval = {"index": index, "weights": weights}
+            if self.dynamics is not None:
+                self._eval["sampled"] = self._sampled_next(self.val_set, index, seed=0,
+                                                           what="held-out")
+        return self._eval
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        val = self._validation()
+        index, w = val["index"], val["weights"]
+        kinds = {"recorded": None, **({"sampled": val["sampled"]} if "sampled" in val else {})}
+        metrics: dict[str, float] = {}
+        for name, sampled in kinds.items():
+            rewards, expected, terms, true_r, true_d = [], [], [], [], []
+            for i in range(0, len(index), 512):
+                b = self._transitions(self.val_set.take(index[i:i + 512]),
+                                      None if sampled is None else sampled[i:i + 512])
+                reward, probs, term = model.predict(b["previous"], b["actions"], b["latents"],
+                                                    "mode")
+                rewards.append(reward.cpu().numpy())
+                expected.append((probs @ model.support).cpu().numpy())
+                terms.append(term.cpu().numpy())
+                true_r.append(b["rewards"].cpu().numpy())
+                true_d.append(b["terminated"].cpu().numpy().astype(bool))
+            reward, term = np.concatenate(rewards), np.concatenate(terms)
+            r, d = np.concatenate(true_r), np.concatenate(true_d)
+            for label, pr in (("reward", precision_recall(reward != 0, r != 0, w)),
+                              ("reward_positive", precision_recall(reward > 0, r > 0, w)),
+                              ("termination", precision_recall(term > 0.5, d, w))):
+                metrics[f"{name}_{label}_precision"] = pr["precision"]
+                metrics[f"{name}_{label}_recall"] = pr["recall"]
+            # What an agent trained on expected rewards sees: their mean where the data has a
+            # +1 (an achievement) and where it has nothing.
+            expected_reward = np.concatenate(expected)
+            for label, rows in (("achievement", r >= 0.5), ("plain", (r == 0) & ~d)):
+                metrics[f"{name}_expected_reward_{label}"] = float(
+                    (w[rows] * expected_reward[rows]).sum() / max(w[rows].sum(), 1e-9))
+        return metrics, {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import tyro
+
+    from worldsim.training.distributed import shutdown_distributed
+
+    cfg = tyro.cli(TrainRewardConfig, args=argv)
+    ctx = setup(cfg.train)
+    task = RewardTask(cfg, ctx.device, is_main=ctx.is_main)
+    if ctx.is_main:
+        params = sum(p.numel() for p in task.model.parameters())
+        print(f"reward model {params / 1e6:.2f}M parameters; {len(task.train_set)} training "
+              f"transitions, {len(task.train_events)} with a reward or termination; reward "
+              f"support {task.model_config.reward_support}", flush=True)
+    result = train(task, cfg.train, cfg.out, ctx)
+    if ctx.is_main:
+        shown = ", ".join(f"{k} {v:.3g}" for k, v in result.metrics.items())
+        print(f"done: step {result.step}; {shown}", flush=True)
+    shutdown_distributed(ctx)
