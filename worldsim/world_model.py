@@ -36,12 +36,9 @@ import torch
 from gymnasium import spaces
 
 from worldsim.spaces import action_keys, space_from_json, space_to_json
+from worldsim.training.checkpoint import CheckpointError  # noqa: F401  (one error class for all)
 
 BUNDLE_FORMAT = "worldsim-bundle"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, corrupt or does not match what loads it. Names the file."""
 
 
 @dataclass

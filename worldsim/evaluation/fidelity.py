@@ -323,7 +323,15 @@ def reward_termination_metrics(run: TeacherForcedRun, picks: StratifiedPicks,
         "termination": precision_recall(run.termination_prob > threshold, run.terminated, w),
         "termination_threshold": threshold,
         "reward_mae_weighted": float((w * np.abs(run.reward_mean - r)).sum() / w.sum()),
+        # what an agent trained on expected rewards sees: their mean where the data has an
+        # achievement (+1 or more) and where it has no event at all
+        "expected_reward_achievement": _weighted_mean(run.reward_mean, w, r >= 0.5),
+        "expected_reward_plain": _weighted_mean(run.reward_mean, w, (r == 0) & ~run.terminated),
     }
+
+
+def _weighted_mean(values: np.ndarray, w: np.ndarray, rows: np.ndarray) -> float | None:
+    return float((w[rows] * values[rows]).sum() / w[rows].sum()) if rows.any() else None
 
 
 # ---------------------------------------------------------------------- open loop

@@ -485,17 +485,22 @@ class Evaluation:
                                   ("positive reward", "reward_positive"),
                                   ("negative reward", "reward_negative"),
                                   ("termination", "termination"))]
+        who = ("the bundle's reward model (reading the frame before and the sampled frame)"
+               if self.wm.reward_model is not None else "the dynamics model's heads")
         self.sections["reward"] = (
             "## Reward and termination\n\n"
             "Teacher-forced: from the real context the model steps with the real action "
-            f"({self.heads_steps} sampler steps) and its heads predict the transition's reward "
+            f"({self.heads_steps} sampler steps) and {who} predicts the transition's reward "
             "(the most likely value of its distribution) and termination (probability above "
             f"{m['termination_threshold']}). Every rewarded or terminal validation transition is "
             f"evaluated, and {m['negatives_sampled']} of the others, weighted so that precision "
             f"counts false alarms over all {m['transitions_represented']:.0f} transitions.\n\n"
             + _table(["event", "real events", "precision", "recall", "F1"], rows)
             + f"\n\nReward mean absolute error (expected value, weighted): "
-              f"{_f(m['reward_mae_weighted'], 4)}.\n")
+              f"{_f(m['reward_mae_weighted'], 4)}. Expected reward on transitions that unlock an "
+              f"achievement: {_f(m['expected_reward_achievement'], 3)}; on transitions without "
+              f"any event: {_f(m['expected_reward_plain'], 4)} (what an agent in imagination "
+              "learns from).\n")
 
     def part_controllability(self) -> None:
         import torch
