@@ -550,7 +550,12 @@ class Evaluation:
             if tables["real"]["accuracy"] > 0 else float("nan")
         ratio_vae = tables["dream"]["accuracy"] / tables["vae"]["accuracy"] \
             if tables["vae"]["accuracy"] > 0 else float("nan")
+        # the same dream transitions sampled with each step count of the teacher-forced run
+        by_steps = {str(k): accuracy_table(idm.predict(run.current_vae, frames), target, n,
+                                           names)["accuracy"] / max(tables["real"]["accuracy"], 1e-9)
+                    for k, frames in sorted(run.dream.items())}
         m = {"idm": info, "real_validation": real_all, "paired": tables,
+             "ratio_dream_to_real_by_sampler_steps": by_steps,
              "dream_where_real_right": where, "counterfactual": counter,
              "ratio_dream_to_real": ratio, "ratio_dream_to_vae": ratio_vae, "target_ratio": 0.9,
              "transitions": len(target)}
@@ -595,7 +600,8 @@ class Evaluation:
                  else "–", _pct(counter["macro_accuracy"]) if counter else "–",
                  counter["count"] if counter else 0]])
             + f"\n\n**Dream / real accuracy: {_pct(ratio)}** (target at least 90%); dream / VAE "
-              f"round trip: {_pct(ratio_vae)}.\n\n"
+              f"round trip: {_pct(ratio_vae)}. With other sampler steps: "
+            + ", ".join(f"{k} steps {_pct(v)}" for k, v in by_steps.items()) + ".\n\n"
             "Many actions have no visible effect in many states (in Crafter: `noop` and `do` "
             "facing grass look the same, moving into water or a tree only turns the player, "
             "crafting without a table changes nothing), so no IDM can name them from two frames "
