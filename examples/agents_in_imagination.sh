@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Agents trained only in the shipped dream vs the same agent trained on the real game, each
+# with 3 seeds, scored in the real game beside the random agent (issue: agents in imagination).
+#   examples/agents_in_imagination.sh [OUT_DIR]
+# About 2 hours on 2 CPU cores (two runs at a time, one thread each).
+#
+# The world model learnt from 150k real steps (examples/reproduce_default_model.sh); the real-
+# game agents get the same 150k steps (625 updates x 16 envs x 15 steps). The dream agents
+# imagine 400 updates x 32 envs x 15 steps = 192k steps from the bundle's real start contexts.
+set -euo pipefail
+out=${1:-runs/agents}
+bundle=$(python -c "from envs.world_model_env import DEFAULT_CHECKPOINT; print(DEFAULT_CHECKPOINT)")
+common=(--preset small --training.lr 6e-4 --threads 1 --log-every 10 --save-every 25)
+mkdir -p "$out"
+
+for seed in 0 1 2; do
+    worldsim imagine --checkpoint "$bundle" --obs-mode rgb --bf16 --num-envs 32 --steps 400 \
+        "${common[@]}" --seed "$seed" --out "$out/dream-s$seed" &
+    worldsim imagine --env worldsim/Crafter-v0 --training.no-restart --num-envs 16 --steps 625 \
+        "${common[@]}" --seed "$seed" --out "$out/real-s$seed"
+    wait
+done
+
+for seed in 0 1 2; do
+    for kind in dream real; do
+        worldsim score --agent "$out/$kind-s$seed/agent" --env worldsim/Crafter-v0 \
+            --episodes 20 --seed $((1000 * (seed + 1))) --out "$out/score-$kind-s$seed"
+    done
+    worldsim score --agent random --env worldsim/Crafter-v0 --episodes 20 \
+        --seed $((1000 * (seed + 1))) --out "$out/score-random-s$seed"
+done
+python examples/compare_scores.py dream="$out/score-dream-s*" real="$out/score-real-s*" \
+    random="$out/score-random-s*" --json "$out/summary.json"
