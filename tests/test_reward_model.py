@@ -106,6 +106,7 @@ def test_train_reward_then_bundle_uses_it(tiny_bundle, tmp_path):
     root = tiny_bundle.parent.parent  # root/run-dyn/bundle
     cfg = TrainRewardConfig(data=root / "data", vae=tiny_bundle, out=tmp_path / "run-reward",
                             dynamics=tiny_bundle, context=2, width=16, eval_plain=32,
+                            predicted_share=0.5, action_input=True,
                             train=tiny_train(12, 8))
     ctx = setup(cfg.train)
     task = RewardTask(cfg, ctx.device)
@@ -147,3 +148,18 @@ def test_train_reward_then_bundle_uses_it(tiny_bundle, tmp_path):
         build_bundle(tmp_path / "bundle2", vae_checkpoint=root / "run-vae",
                      dynamics_checkpoint=tiny_bundle / "dynamics", data=root / "data",
                      num_contexts=2, context_frames=2, reward_checkpoint=tmp_path / "other")
+
+
+def test_by_default_the_reward_is_read_off_the_frames_alone():
+    # an action shortcut is what an agent in imagination farmed; by default there is none
+    model = RewardModel(RewardModelConfig(latent_size=(4, 4), width=8), ACTIONS)
+    nn_init = torch.Generator().manual_seed(0)
+    for p in model.parameters():
+        p.data.normal_(0, 0.1, generator=nn_init)
+    z0, z1 = torch.randn(2, 3, 4, 4, 4, generator=nn_init)
+    a = model(z0, {"action": torch.tensor([0, 1, 2])}, z1)
+    b = model(z0, {"action": torch.tensor([2, 2, 0])}, z1)
+    torch.testing.assert_close(a, b)
+    with_actions = RewardModel(RewardModelConfig(latent_size=(4, 4), width=8, action_input=True),
+                               ACTIONS)
+    assert any("action_encoder" in name for name, _ in with_actions.named_parameters())

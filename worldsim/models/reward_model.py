@@ -4,7 +4,7 @@ read from the two latent frames themselves.
     model = RewardModel(config, action_space)
     reward_logits, termination_logit = model(previous, actions, latents)
     #   previous, latents: (B, C, h, w) normalised latents of frames t and t + 1
-    #   actions: {key: (B, ...)} the action taken in frame t
+    #   actions: {key: (B, ...)} the action taken in frame t (read only with action_input)
     #   -> reward logits (B, R) over config.heads.reward_support, termination logit (B,)
 
 Why a separate model beside the DiT's own heads (DESIGN decision 7 allows either): the heads
@@ -44,6 +44,11 @@ class RewardModelConfig:
     latent_size: tuple[int, int] = (16, 16)
     width: int = 128
     """Channels of the convolutional trunk and of the feature cells the heads pool."""
+    action_input: bool = False
+    """Also read the action taken. Off by default: with it, a model trained on sampled next
+    frames gave "do" an expected reward of 0.08 in every dream state, which an agent in
+    imagination learnt to farm (see docs/DESIGN-NOTES.md); without it, a reward is read off
+    the frames alone."""
     reward_support: tuple[float, ...] = REWARD_SUPPORT
     """Increasing reward values the model predicts a distribution over (two-hot)."""
     reward_prior: tuple[float, ...] | None = None
@@ -66,7 +71,8 @@ def _log_odds(p: float) -> float:
 
 class RewardModel(nn.Module):
     """Frames t and t + 1 (and their difference) -> a small strided conv trunk -> feature cells
-    with learned positions (the HUD sits at a fixed place) plus the action's embedding ->
+    with learned positions (the HUD sits at a fixed place), plus the action's embedding if
+    `action_input` ->
     `RewardTerminationHead` (mean- and max-pooled cells -> reward logits, termination logit).
     The logits it returns are calibrated to the data; `loss` adds back the oversampling."""
 
@@ -83,7 +89,8 @@ class RewardModel(nn.Module):
             nn.Conv2d(D, D, 3, padding=1), nn.SiLU(),
             nn.Conv2d(D, D, 3, padding=1))
         self.positions = nn.Parameter(torch.zeros(1, (h // 2) * (w // 2), D))
-        self.action_encoder = build_action_encoder(action_space, D)
+        self.action_encoder = build_action_encoder(action_space, D) if config.action_input \
+            else None
         self.heads = RewardTerminationHead(D, HeadsConfig(reward_support=config.reward_support))
         support = len(config.reward_support)
         prior, prior_train = config.reward_prior, config.reward_prior_train
@@ -118,10 +125,11 @@ class RewardModel(nn.Module):
                              f"{tuple(latents.shape)}")
         x = torch.cat([previous, latents, latents - previous], dim=1).float()
         cells = rearrange(self.trunk(x), "b d h w -> b (h w) d") + self.positions  # (B, N, D)
-        null = torch.zeros(len(x), 1, dtype=torch.bool, device=x.device)
-        action = self.action_encoder({k: torch.as_tensor(v, device=x.device)[:, None]
-                                      for k, v in actions.items()}, null)  # (B, 1, D)
-        reward_logits, termination_logits = self.heads((cells + action)[:, None])
+        if self.action_encoder is not None:
+            null = torch.zeros(len(x), 1, dtype=torch.bool, device=x.device)
+            cells = cells + self.action_encoder({k: torch.as_tensor(v, device=x.device)[:, None]
+                                                 for k, v in actions.items()}, null)  # (B, 1, D)
+        reward_logits, termination_logits = self.heads(cells[:, None])
         return (reward_logits[:, 0] - self.reward_shift,
                 termination_logits[:, 0] - self.termination_shift)
 
