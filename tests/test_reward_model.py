@@ -163,3 +163,14 @@ def test_by_default_the_reward_is_read_off_the_frames_alone():
     with_actions = RewardModel(RewardModelConfig(latent_size=(4, 4), width=8, action_input=True),
                                ACTIONS)
     assert any("action_encoder" in name for name, _ in with_actions.named_parameters())
+
+
+def test_configs_from_before_action_input_load_as_trained():
+    from worldsim.models.reward_model import config_from_dict
+
+    data = RewardModelConfig(latent_size=(4, 4), width=8, action_input=True).to_dict()
+    del data["action_input"]  # written before the option existed, when the action was read
+    assert config_from_dict(data).action_input is True
+    data["colour"] = 1
+    with pytest.raises(CheckpointError, match="unknown field"):
+        config_from_dict(data)

@@ -175,10 +175,15 @@ def event_shares(rewards: torch.Tensor, terminated: torch.Tensor, support: tuple
             "termination_rate": rate, "termination_rate_train": rate_train}
 
 
+# Settings introduced after the format was first written, with the value that reproduces the
+# older behaviour, so that older checkpoints load as they were trained.
+ADDED_LATER = {"action_input": True}
+
+
 def config_from_dict(data: dict[str, Any]) -> RewardModelConfig:
     from worldsim.training.checkpoint import dataclass_from_dict
 
-    return dataclass_from_dict(RewardModelConfig, data, "reward model config")
+    return dataclass_from_dict(RewardModelConfig, {**ADDED_LATER, **data}, "reward model config")
 
 
 def load_reward_model(directory, device: str | torch.device = "cpu") -> tuple[RewardModel, dict]:
