@@ -3,6 +3,8 @@ visible event, training on a real latent cache and its place in a bundle."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -135,6 +137,15 @@ def test_train_reward_then_bundle_uses_it(tiny_bundle, tmp_path):
     torch.testing.assert_close(out.reward, expected)
     torch.testing.assert_close(out.termination_prob, term)
     torch.testing.assert_close(out.reward_probs, probs)
+
+    # the evaluation reads rewards from sampled frames and, separately, from recorded ones
+    from worldsim.evaluation import report
+
+    report.main(["--checkpoint", str(tmp_path / "bundle"), "--data", str(root / "data"),
+                 "--parts", "reward", "--quick", "--out", str(tmp_path / "eval")])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["reward"]
+    assert {"reward_nonzero", "reward_model_on_recorded_frames", "expected_reward_plain"} <= set(metrics)
+    assert "recorded frame t+1" in (tmp_path / "eval" / "report.md").read_text()
 
     # a reward model for another game does not go into this bundle
     other = RewardModel(RewardModelConfig(latent_size=(16, 16), width=8), spaces.Discrete(4))

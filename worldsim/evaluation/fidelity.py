@@ -22,6 +22,7 @@ Array letters: N transitions, R rollouts, L rollout length, S start states, H W 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -328,6 +329,28 @@ def reward_termination_metrics(run: TeacherForcedRun, picks: StratifiedPicks,
         "expected_reward_achievement": _weighted_mean(run.reward_mean, w, r >= 0.5),
         "expected_reward_plain": _weighted_mean(run.reward_mean, w, (r == 0) & ~run.terminated),
     }
+
+
+@torch.no_grad()
+def reward_model_on_recorded_frames(wm, run: TeacherForcedRun, batch_size: int = 256
+                                    ) -> TeacherForcedRun:
+    """`run` with its reward and termination read by the bundle's reward model from the real
+    frames t and t+1 instead of the sampled frame t+1: what the reward model itself can do,
+    apart from what the dynamics model draws."""
+    support = wm.reward_support.cpu().numpy()
+    mode, mean, term = [], [], []
+    for i in range(0, len(run.current), batch_size):
+        rows = slice(i, i + batch_size)
+        actions = wm.action_tensors({k: v[rows] for k, v in run.actions.items()},
+                                    (len(run.current[rows]),))
+        reward, probs, termination = wm.reward_model.predict(
+            wm.encode(run.current[rows]), actions, wm.encode(run.target[rows]))
+        mode.append(support[probs.argmax(-1).cpu().numpy()])
+        mean.append(reward.float().cpu().numpy())
+        term.append(termination.float().cpu().numpy())
+    return dataclasses.replace(run, reward_mode=np.concatenate(mode),
+                               reward_mean=np.concatenate(mean),
+                               termination_prob=np.concatenate(term))
 
 
 def _weighted_mean(values: np.ndarray, w: np.ndarray, rows: np.ndarray) -> float | None:

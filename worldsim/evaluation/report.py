@@ -467,6 +467,7 @@ class Evaluation:
     def part_reward(self) -> None:
         from worldsim.evaluation.fidelity import (
             derive_seed,
+            reward_model_on_recorded_frames,
             reward_termination_metrics,
             reward_termination_picks,
             teacher_forced,
@@ -478,13 +479,28 @@ class Evaluation:
                              heads_steps=self.heads_steps, batch_size=self.cfg.batch_size,
                              seed=derive_seed(self.cfg.seed, 4), bf16=self.cfg.bf16)
         m = reward_termination_metrics(run, picks)
+        recorded = None
+        if self.wm.reward_model is not None:
+            from worldsim.runtime import autocast
+
+            with autocast(self.wm.device, self.cfg.bf16):
+                recorded = reward_termination_metrics(
+                    reward_model_on_recorded_frames(self.wm, run, self.cfg.batch_size), picks)
+            m["reward_model_on_recorded_frames"] = recorded
         self.metrics["reward"] = m
+        events = (("nonzero reward", "reward_nonzero"), ("positive reward", "reward_positive"),
+                  ("negative reward", "reward_negative"), ("termination", "termination"))
         rows = [[name, m[key]["positives"], _f(m[key]["precision"], 3), _f(m[key]["recall"], 3),
-                 _f(m[key]["f1"], 3)]
-                for name, key in (("nonzero reward", "reward_nonzero"),
-                                  ("positive reward", "reward_positive"),
-                                  ("negative reward", "reward_negative"),
-                                  ("termination", "termination"))]
+                 _f(m[key]["f1"], 3)] for name, key in events]
+        recorded_text = "" if recorded is None else (
+            "\n\nThe same reward model reading the recorded frame t+1 instead of the sampled one "
+            "(what it can do when the frame shows the event):\n\n"
+            + _table(["event", "real events", "precision", "recall", "F1"],
+                     [[name, recorded[key]["positives"], _f(recorded[key]["precision"], 3),
+                       _f(recorded[key]["recall"], 3), _f(recorded[key]["f1"], 3)]
+                      for name, key in events])
+            + f"\n\nExpected reward there: {_f(recorded['expected_reward_achievement'], 3)} on "
+              f"achievements, {_f(recorded['expected_reward_plain'], 4)} without an event.")
         who = ("the bundle's reward model (reading the frame before and the sampled frame)"
                if self.wm.reward_model is not None else "the dynamics model's heads")
         self.sections["reward"] = (
@@ -500,7 +516,7 @@ class Evaluation:
               f"{_f(m['reward_mae_weighted'], 4)}. Expected reward on transitions that unlock an "
               f"achievement: {_f(m['expected_reward_achievement'], 3)}; on transitions without "
               f"any event: {_f(m['expected_reward_plain'], 4)} (what an agent in imagination "
-              "learns from).\n")
+              "learns from)." + recorded_text + "\n")
 
     def part_controllability(self) -> None:
         import torch
@@ -804,6 +820,14 @@ class Evaluation:
             rows.append(["termination precision / recall",
                          f"{_f(rw['termination']['precision'])} / "
                          f"{_f(rw['termination']['recall'])}", "", ""])
+            rec = rw.get("reward_model_on_recorded_frames")
+            if rec is not None:
+                rows.append(["reward model on recorded next frames: nonzero reward / "
+                             "termination recall (precision)",
+                             f"{_f(rec['reward_nonzero']['recall'])} "
+                             f"({_f(rec['reward_nonzero']['precision'])}) / "
+                             f"{_f(rec['termination']['recall'])} "
+                             f"({_f(rec['termination']['precision'])})", "", ""])
         vae = self.metrics.get("vae")
         if vae:
             rows.append(["VAE reconstruction PSNR / SSIM", "", "",
