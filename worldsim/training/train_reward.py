@@ -104,8 +104,8 @@ class RewardTask(TrainingTask):
         length = cfg.context + 1 if self.dynamics is not None else 2
         self.train_set = WindowDataset(self.store, "train", length=length, latents=self.tag)
         self.val_set = WindowDataset(self.store, "val", length=length, latents=self.tag)
-        self.train_events = np.flatnonzero(self.train_set.last_transition_events())
-        self.train_plain = np.flatnonzero(~self.train_set.last_transition_events())
+        events = self.train_set.last_transition_events()
+        self.train_events, self.train_plain = np.flatnonzero(events), np.flatnonzero(~events)
         if len(self.train_events) == 0 or len(self.train_plain) == 0:
             raise ValueError(f"{cfg.data}: the training split needs transitions with and "
                              f"without a reward or termination")
