@@ -115,7 +115,7 @@ def test_train_reward_then_bundle_uses_it(tiny_bundle, tmp_path):
     result = train(task, cfg.train, cfg.out, ctx)
     assert {"recorded_reward_recall", "sampled_reward_recall"} <= set(result.metrics)
     # every event transition of the training split is in the pool of sampled next frames
-    assert task._pool["event"].sum() == len(task.train_events)
+    assert len(task._pool["events"]) == len(task.train_events)
 
     # `worldsim bundle` assembles the parts; the dynamics' recorded metrics come along
     bundle_main(["--vae", str(root / "run-vae"), "--dynamics", str(root / "run-dyn"),
@@ -177,7 +177,10 @@ def test_by_default_the_reward_is_read_off_the_frames_alone():
 
 
 def test_configs_from_before_action_input_load_as_trained():
-    from worldsim.models.reward_model import config_from_dict
+    from worldsim.training.checkpoint import dataclass_from_dict
+
+    def config_from_dict(data):
+        return dataclass_from_dict(RewardModelConfig, data, "reward model config")
 
     data = RewardModelConfig(latent_size=(4, 4), width=8, action_input=True).to_dict()
     del data["action_input"]  # written before the option existed, when the action was read

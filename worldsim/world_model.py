@@ -57,32 +57,30 @@ DEFAULT_CONTEXT_FRAMES = 4
 
 
 def load_dynamics(directory: str | Path, device: str | torch.device = "cpu",
-                  weights: str | None = None):
-    """A `DynamicsModel` from a checkpoint directory: a bundle's `dynamics/`, a training
+                  weights: str | None = None, vae_fingerprint: str | None = None):
+    """A `DynamicsModel` from a checkpoint directory: a bundle or its `dynamics/`, a training
     checkpoint (EMA weights unless `weights="model"`), or a training run directory (its newest
-    checkpoint). Strict: the config must describe a dynamics model and every tensor must fit."""
+    checkpoint). Strict: the config must describe a dynamics model and every tensor must fit;
+    with `vae_fingerprint`, it must have been trained on that VAE's latents."""
     from worldsim.models.dynamics import DynamicsConfig, DynamicsModel
-    from worldsim.training.checkpoint import (
-        load_checkpoint,
-        load_state_dict_strict,
-        read_config,
-    )
-    from worldsim.training.loop import resolve_checkpoint
+    from worldsim.training.checkpoint import load_state_dict_strict
+    from worldsim.training.loop import read_model_checkpoint
 
-    directory = resolve_checkpoint(directory)
-    meta = read_config(directory)
-    if meta.get("kind") != "dynamics" or "dynamics" not in meta or "action_space" not in meta:
-        raise CheckpointError(f"{directory}/config.json does not describe a dynamics model "
-                              f"(kind={meta.get('kind')!r})")
+    directory = Path(directory)
+    if (directory / "dynamics").is_dir():  # a bundle
+        directory = directory / "dynamics"
+    directory, meta, group, tensors = read_model_checkpoint(
+        directory, "dynamics", keys=("dynamics", "action_space"), weights=weights)
     try:
         config = DynamicsConfig.from_dict(meta["dynamics"])
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{directory}/config.json: {e}") from e
-    files = meta["checkpoint"]["files"]
-    group = weights or ("ema" if "ema" in files else "model")
-    _, tensors = load_checkpoint(directory, groups=[group])
+    saved_vae = meta.get("task", {}).get("vae_fingerprint") or meta.get("vae_fingerprint")
+    if vae_fingerprint is not None and saved_vae is not None and saved_vae != vae_fingerprint:
+        raise CheckpointError(f"{directory} was trained on latents of VAE {saved_vae}, not on "
+                              f"those of VAE {vae_fingerprint}")
     model = DynamicsModel(config, space_from_json(meta["action_space"]))
-    load_state_dict_strict(model, tensors[group], f"{directory}/{group}.safetensors")
+    load_state_dict_strict(model, tensors, f"{directory}/{group}.safetensors")
     return model.to(device).eval(), meta
 
 
@@ -138,14 +136,9 @@ class WorldModel:
         if (path / "reward").is_dir():
             from worldsim.models.reward_model import load_reward_model
 
-            reward_model, reward_meta = load_reward_model(path / "reward", device=device)
-            if reward_meta["action_space"] != config["action_space"]:
-                raise CheckpointError(f"{path}/reward was trained for another action space than "
-                                      f"the bundle declares")
-            if reward_meta.get("vae_fingerprint") not in (None, vae.fingerprint()):
-                raise CheckpointError(f"{path}/reward was trained on latents of VAE "
-                                      f"{reward_meta['vae_fingerprint']}, the bundle's VAE is "
-                                      f"{vae.fingerprint()}")
+            reward_model, _ = load_reward_model(path / "reward", device=device,
+                                                action_space=config["action_space"],
+                                                vae_fingerprint=vae.fingerprint())
         ctx = tensors["start_contexts"]
         frames = ctx["frames"].numpy()
         actions = {k[len("actions."):]: v.numpy() for k, v in ctx.items()
@@ -264,7 +257,7 @@ class WorldModel:
         `sampler` override the bundle's defaults (`self.num_steps`, `self.sampler`)."""
         actions = self.action_tensors(actions, (state.batch_size,))
         with torch.no_grad():
-            previous = state.last_latents.clone()  # the step replaces it
+            previous = state.last_latents  # the step rebinds it to the new frame
             out = self.dynamics.step(state, actions, generator,
                                      num_steps=num_steps or self.num_steps,
                                      sampler=sampler or self.sampler)
@@ -317,13 +310,9 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
     if reward_checkpoint is not None:
         from worldsim.models.reward_model import load_reward_model
 
-        reward_model, reward_meta = load_reward_model(reward_checkpoint)
-        if reward_meta["action_space"] != dyn_meta["action_space"]:
-            raise CheckpointError(f"{reward_checkpoint} was trained for another action space "
-                                  f"than {dynamics_checkpoint}")
-        if reward_meta.get("vae_fingerprint") not in (None, vae.fingerprint()):
-            raise CheckpointError(f"{reward_checkpoint} was trained on latents of another VAE "
-                                  f"than {vae_checkpoint}")
+        reward_model, reward_meta = load_reward_model(
+            reward_checkpoint, action_space=dyn_meta["action_space"],
+            vae_fingerprint=vae.fingerprint())
         parts["reward"] = ({k: v for k, v in reward_meta.items() if k not in ("checkpoint", "state")},
                            {"model": reward_model.state_dict()})
     rng = np.random.default_rng(seed)

@@ -24,6 +24,7 @@ R reward support size.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,9 @@ class RewardModelConfig:
     """Share of terminal transitions in the data; None: no correction."""
     termination_rate_train: float | None = None
     """Share of terminal transitions in the oversampled training batches."""
+    # Settings introduced after the format was first written, with the value that reproduces
+    # the older behaviour (checkpoint.dataclass_from_dict fills them in).
+    ADDED_LATER: typing.ClassVar[dict[str, Any]] = {"action_input": True}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -175,38 +179,31 @@ def event_shares(rewards: torch.Tensor, terminated: torch.Tensor, support: tuple
             "termination_rate": rate, "termination_rate_train": rate_train}
 
 
-# Settings introduced after the format was first written, with the value that reproduces the
-# older behaviour, so that older checkpoints load as they were trained.
-ADDED_LATER = {"action_input": True}
-
-
-def config_from_dict(data: dict[str, Any]) -> RewardModelConfig:
-    from worldsim.training.checkpoint import dataclass_from_dict
-
-    return dataclass_from_dict(RewardModelConfig, {**ADDED_LATER, **data}, "reward model config")
-
-
-def load_reward_model(directory, device: str | torch.device = "cpu") -> tuple[RewardModel, dict]:
+def load_reward_model(directory, device: str | torch.device = "cpu",
+                      action_space: dict[str, Any] | None = None,
+                      vae_fingerprint: str | None = None) -> tuple[RewardModel, dict]:
     """A `RewardModel` from a checkpoint directory: a bundle's `reward/`, a training checkpoint
-    (EMA weights) or a run directory (its newest checkpoint). Strict, like `load_dynamics`."""
+    (EMA weights) or a run directory (its newest checkpoint). Strict, like `load_dynamics`;
+    with `action_space` (its JSON form) or `vae_fingerprint`, it must have been trained for
+    that action space and on that VAE's latents."""
     from worldsim.spaces import space_from_json
     from worldsim.training.checkpoint import (
         CheckpointError,
-        load_checkpoint,
+        dataclass_from_dict,
         load_state_dict_strict,
-        read_config,
     )
-    from worldsim.training.loop import resolve_checkpoint
+    from worldsim.training.loop import read_model_checkpoint
 
-    directory = resolve_checkpoint(directory)
-    meta = read_config(directory)
-    if meta.get("kind") != "reward" or "reward_model" not in meta or "action_space" not in meta:
-        raise CheckpointError(f"{directory}/config.json does not describe a reward model "
-                              f"(kind={meta.get('kind')!r})")
-    config = config_from_dict(meta["reward_model"])
-    group = "ema" if "ema" in meta["checkpoint"]["files"] else "model"
-    _, tensors = load_checkpoint(directory, groups=[group])
+    directory, meta, group, tensors = read_model_checkpoint(
+        directory, "reward", keys=("reward_model", "action_space"))
+    if action_space is not None and meta["action_space"] != action_space:
+        raise CheckpointError(f"{directory} was trained for another action space "
+                              f"({meta['action_space']}) than {action_space}")
+    saved_vae = meta.get("vae_fingerprint")
+    if vae_fingerprint is not None and saved_vae not in (None, vae_fingerprint):
+        raise CheckpointError(f"{directory} was trained on latents of VAE {saved_vae}, not on "
+                              f"those of VAE {vae_fingerprint}")
+    config = dataclass_from_dict(RewardModelConfig, meta["reward_model"], "reward model config")
     model = RewardModel(config, space_from_json(meta["action_space"]))
-    load_state_dict_strict(model, tensors[group], f"{directory}/{group}.safetensors")
+    load_state_dict_strict(model, tensors, f"{directory}/{group}.safetensors")
     return model.to(device).eval(), meta
-

@@ -312,26 +312,14 @@ class VAE(nn.Module):
         checkpoint (EMA weights by default, else `weights="model"`), or a training run's
         output directory (its latest checkpoint). Strict: the config must describe a VAE and
         every tensor must fit."""
-        from worldsim.training.checkpoint import (
-            CheckpointError,
-            dataclass_from_dict,
-            load_checkpoint,
-            load_state_dict_strict,
-            read_config,
-        )
-        from worldsim.training.loop import resolve_checkpoint
+        from worldsim.training.checkpoint import dataclass_from_dict, load_state_dict_strict
+        from worldsim.training.loop import read_model_checkpoint
 
-        directory = resolve_checkpoint(path)
-        meta = read_config(directory)
-        if meta.get("kind") != "vae" or "vae" not in meta:
-            raise CheckpointError(f"{directory}/config.json does not describe a VAE "
-                                  f"(kind={meta.get('kind')!r})")
+        directory, meta, group, tensors = read_model_checkpoint(path, "vae", keys=("vae",),
+                                                                weights=weights, name="VAE")
         cfg = dataclass_from_dict(VAEConfig, meta["vae"], f"vae config in {directory}")
-        available = list(meta["checkpoint"]["files"])
-        group = weights or ("ema" if "ema" in available else "model")
-        _, tensors = load_checkpoint(directory, groups=[group])
         vae = cls(cfg)
-        load_state_dict_strict(vae, tensors[group], f"{directory}/{group}.safetensors")
+        load_state_dict_strict(vae, tensors, f"{directory}/{group}.safetensors")
         vae.source = str(directory)
         return vae.to(device or "cpu").eval()
 

@@ -239,9 +239,12 @@ def load_state_dict_strict(module: torch.nn.Module, state: dict[str, torch.Tenso
 def dataclass_from_dict(cls: type, data: Any, what: str) -> Any:
     """Build dataclass `cls` from the dict `asdict` produced, strictly: unknown and missing
     fields raise a CheckpointError naming them (and `what`, e.g. "vae config in DIR");
-    nested dataclasses, tuples and Paths are rebuilt from their JSON form."""
+    nested dataclasses, tuples and Paths are rebuilt from their JSON form. Fields in the
+    class's `ADDED_LATER` ({name: value}, settings introduced after configs were first
+    written) take that value when missing, so older checkpoints load as they were trained."""
     if not isinstance(data, dict):
         raise CheckpointError(f"{what}: expected an object for {cls.__name__}, got {data!r}")
+    data = {**getattr(cls, "ADDED_LATER", {}), **data}
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))

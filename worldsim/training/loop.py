@@ -74,6 +74,7 @@ from worldsim.training.checkpoint import (
     json_default,
     load_checkpoint,
     load_state_dict_strict,
+    read_config,
     save_checkpoint,
     unflatten_optimizer_state,
     versions,
@@ -233,6 +234,24 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"{path} is neither a checkpoint (no config.json) nor a "
                                 f"training run with checkpoints under {path / CHECKPOINT_DIR}")
     return found[-1]
+
+
+def read_model_checkpoint(path: str | os.PathLike, kind: str, keys: tuple[str, ...] = (),
+                          weights: str | None = None, name: str | None = None
+                          ) -> tuple[Path, dict[str, Any], str, dict[str, torch.Tensor]]:
+    """What every model loader reads first: the checkpoint directory of `path` (a checkpoint,
+    or a run's newest), its config (which must say `kind` and hold `keys`), and one group of
+    weights, `weights` or else "ema" if saved, else "model". `name` names the model in errors
+    (default "<kind> model").
+    Returns (directory, config, group, tensors of that group)."""
+    directory = resolve_checkpoint(path)
+    meta = read_config(directory)
+    if meta.get("kind") != kind or any(k not in meta for k in keys):
+        raise CheckpointError(f"{directory}/config.json does not describe a "
+                              f"{name or kind + ' model'} (kind={meta.get('kind')!r})")
+    group = weights or ("ema" if "ema" in meta["checkpoint"]["files"] else "model")
+    _, tensors = load_checkpoint(directory, groups=[group])
+    return directory, meta, group, tensors[group]
 
 
 def _plain(value: Any) -> Any:

@@ -147,14 +147,10 @@ class DynamicsTask(TrainingTask):
         from worldsim.training.checkpoint import CheckpointError
         from worldsim.world_model import load_dynamics
 
-        source = Path(source)
-        if (source / "dynamics").is_dir():  # a bundle
-            source = source / "dynamics"
-        model, meta = load_dynamics(source)
-        saved_vae = meta.get("task", {}).get("vae_fingerprint") or meta.get("vae_fingerprint")
-        if saved_vae is not None and saved_vae != self.vae.fingerprint():
-            raise CheckpointError(f"cannot fine-tune {source}: it was trained on latents of VAE "
-                                  f"{saved_vae}, this run's VAE is {self.vae.fingerprint()}")
+        try:
+            model, _ = load_dynamics(source, vae_fingerprint=self.vae.fingerprint())
+        except CheckpointError as e:
+            raise CheckpointError(f"cannot fine-tune {source}: {e}") from e
         if space_to_json(model.action_space) != space_to_json(self.store.action_space):
             raise CheckpointError(f"cannot fine-tune {source}: its action space "
                                   f"{model.action_space} is not the data's "

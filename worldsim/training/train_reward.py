@@ -39,6 +39,7 @@ from worldsim.spaces import space_to_json
 from worldsim.training.checkpoint import dataset_fingerprint
 from worldsim.training.encode import encode_dataset, latent_tag
 from worldsim.training.loop import TrainConfig, TrainingTask, setup, train
+from worldsim.world_model import load_dynamics
 
 
 def _default_train() -> TrainConfig:
@@ -100,7 +101,8 @@ class RewardTask(TrainingTask):
                 raise RuntimeError(f"{cfg.data} lacks latents for VAE {self.tag}; run "
                                    f"`worldsim encode` first")
             encode_dataset(self.vae, self.store, vae_path=cfg.vae)
-        self.dynamics = None if cfg.dynamics is None else self._dynamics(Path(cfg.dynamics))
+        self.dynamics = None if cfg.dynamics is None else load_dynamics(
+            cfg.dynamics, device=self.device, vae_fingerprint=self.vae.fingerprint())[0]
         length = cfg.context + 1 if self.dynamics is not None else 2
         self.train_set = WindowDataset(self.store, "train", length=length, latents=self.tag)
         self.val_set = WindowDataset(self.store, "val", length=length, latents=self.tag)
@@ -121,18 +123,6 @@ class RewardTask(TrainingTask):
         self.model = RewardModel(self.model_config, self.store.action_space).to(self.device)
         self._eval: dict[str, Any] | None = None
         self._pool: dict[str, Any] | None = None  # cached sampled next frames
-
-    def _dynamics(self, path: Path):
-        from worldsim.training.checkpoint import CheckpointError
-        from worldsim.world_model import load_dynamics
-
-        model, meta = load_dynamics(path / "dynamics" if (path / "dynamics").is_dir() else path,
-                                    device=self.device)
-        saved_vae = meta.get("task", {}).get("vae_fingerprint")
-        if saved_vae is not None and saved_vae != self.vae.fingerprint():
-            raise CheckpointError(f"{path} was trained on latents of VAE {saved_vae}, this "
-                                  f"run's VAE is {self.vae.fingerprint()}")
-        return model
 
     def _split_events(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """All rewards and terminations of a split's episodes, flat."""
@@ -188,18 +178,20 @@ class RewardTask(TrainingTask):
         plain = np.sort(rng.choice(self.train_plain, min(len(self.train_plain),
                                                          len(self.train_events)), replace=False))
         index = np.concatenate([self.train_events, plain])
-        return {"index": index, "event": np.arange(len(index)) < len(self.train_events),
+        first_plain = len(self.train_events)
+        return {"index": index, "events": np.arange(first_plain),
+                "plain": np.arange(first_plain, len(index)),
                 "latents": self._sampled_next(self.train_set, index, seed=1, what="training")}
 
-    def _transitions(self, windows: dict[str, Any], sampled: torch.Tensor | None = None
-                     ) -> dict[str, Any]:
-        """The last transition of each window (B, L, ...), with next latents `sampled`
-        (B, C, h, w) in place of the recorded ones where given (rows of NaN keep theirs)."""
+    def _transitions(self, windows: dict[str, Any], sampled: torch.Tensor | None = None,
+                     rows: np.ndarray | None = None) -> dict[str, Any]:
+        """The last transition of each window (B, L, ...). With `sampled` (n, C, h, w), those
+        next latents replace the recorded ones of `rows` ((B,) bool with n set; default all)."""
         z = torch.from_numpy(windows["observations"][:, -2:]).to(self.device).float()
-        nxt = z[:, 1]
+        nxt = z[:, 1].clone()
         if sampled is not None:
-            keep = sampled.isnan().flatten(1).any(1).to(self.device)
-            nxt = torch.where(keep[:, None, None, None], nxt, sampled.to(self.device))
+            where = slice(None) if rows is None else torch.from_numpy(rows).to(self.device)
+            nxt[where] = sampled.to(self.device)
         return {"previous": z[:, 0], "latents": nxt,
                 "actions": {k: torch.from_numpy(v[:, -1]).to(self.device)
                             for k, v in windows["actions"].items()},
@@ -211,18 +203,16 @@ class RewardTask(TrainingTask):
         events = rng.random(batch_size) < self.cfg.event_share
         index = np.where(events, rng.choice(self.train_events, batch_size),
                          rng.choice(self.train_plain, batch_size))
-        sampled = None
-        if self.dynamics is not None and self.cfg.predicted_share > 0:
-            if self._pool is None:
-                self._pool = self._sampled_pool(np.random.default_rng(self.cfg.train.seed))
-            pool = self._pool
-            use = rng.random(batch_size) < self.cfg.predicted_share
-            picks = np.where(events, rng.choice(np.flatnonzero(pool["event"]), batch_size),
-                             rng.choice(np.flatnonzero(~pool["event"]), batch_size))
-            index = np.where(use, pool["index"][picks], index)
-            sampled = torch.where(torch.from_numpy(use)[:, None, None, None],
-                                  pool["latents"][picks], torch.tensor(float("nan")))
-        return self._transitions(self.train_set.take(index), sampled)
+        if self.dynamics is None or self.cfg.predicted_share == 0:
+            return self._transitions(self.train_set.take(index))
+        if self._pool is None:
+            self._pool = self._sampled_pool(np.random.default_rng(self.cfg.train.seed))
+        pool = self._pool
+        use = rng.random(batch_size) < self.cfg.predicted_share
+        picks = np.where(events, rng.choice(pool["events"], batch_size),
+                         rng.choice(pool["plain"], batch_size))[use]
+        index[use] = pool["index"][picks]
+        return self._transitions(self.train_set.take(index), pool["latents"][picks], use)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
         inner = getattr(model, "module", model)
