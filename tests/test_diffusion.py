@@ -53,6 +53,25 @@ def test_edm_loss_is_weighted_denoising_error():
     torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_edm_loss_position_weight_keeps_the_scale_and_moves_the_emphasis():
+    g = torch.Generator().manual_seed(1)
+    x0, net_out = torch.randn(2, 3, 4, 4, 4, generator=g), torch.randn(2, 3, 4, 4, 4, generator=g)
+    sigma = torch.rand(2, 3, generator=g) + 0.1
+    s = get_scalings(sigma, 1.0)
+    x = add_noise(x0, sigma, torch.randn(x0.shape, generator=g))
+    plain = edm_loss(net_out, x0, x, s)
+    # a uniform weight of any size is no weight (normalised to mean 1)
+    torch.testing.assert_close(edm_loss(net_out, x0, x, s, torch.full((4, 4), 7.0)), plain)
+    # all the weight on the bottom row: only errors there count
+    bottom = torch.zeros(4, 4)
+    bottom[-1] = 1.0
+    wrong_top = net_out.clone()
+    wrong_top[..., :3, :] += 10.0
+    torch.testing.assert_close(edm_loss(wrong_top, x0, x, s, bottom),
+                               edm_loss(net_out, x0, x, s, bottom))
+    assert (edm_loss(wrong_top, x0, x, s) > plain).all()
+
+
 def test_denoiser_loss_and_call_share_the_scalings():
     """The loss is zero exactly when D(x) reproduces the clean input."""
     x0 = torch.randn(2, 3, 4, 4, 4)

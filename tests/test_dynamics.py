@@ -273,3 +273,34 @@ def test_state_dict_holds_only_learned_weights():
     assert not any(k.endswith(("support", "class_weights", "pos_weight", "offsets")) for k in keys)
     clone = tiny_model()
     clone.load_state_dict(model.state_dict(), strict=True)
+
+
+def test_event_share_and_hud_weight_of_dynamics_training(tiny_bundle, tmp_path):
+    """--event-share draws that share of windows with an event; --hud-fraction/--hud-weight
+    weight the bottom latent rows; both are recorded in the run's config."""
+    from tiny_bundle import tiny_train
+
+    from worldsim.training.loop import setup
+    from worldsim.training.train_dynamics import DynamicsTask, TrainDynamicsConfig
+
+    root = tiny_bundle.parent.parent
+    cfg = TrainDynamicsConfig(data=root / "data", vae=root / "run-vae", out=tmp_path / "run",
+                              init_from=tiny_bundle, event_share=0.5, hud_fraction=0.25,
+                              hud_weight=3.0, train=tiny_train(2, 4), eval_windows=2,
+                              eval_horizon=2, eval_context=2)
+    ctx = setup(cfg.train)
+    task = DynamicsTask(cfg, ctx.device)
+    assert len(task.train_events) > 0
+    batch = task.sample_batch(np.random.default_rng(0), 400)
+    has_event = ((batch["rewards"] != 0) | batch["terminated"]).any(1).float().mean().item()
+    natural = len(task.train_events) / len(task.train_set)
+    assert natural < 0.4 and 0.4 < has_event < 0.6
+    h = task.position_weight.shape[0]
+    rows = int(np.ceil(0.25 * h))
+    assert (task.position_weight[h - rows:] == 3.0).all() and (task.position_weight[:h - rows] == 1).all()
+    assert {"event_share": 0.5, "hud_fraction": 0.25, "hud_weight": 3.0}.items() <= task.config().items()
+    loss, metrics = task.loss(task.model, batch)
+    assert torch.isfinite(loss) and metrics["diffusion_loss"] > 0
+    with pytest.raises(ValueError, match="hud_weight"):
+        DynamicsTask(TrainDynamicsConfig(data=root / "data", vae=root / "run-vae",
+                                         out=tmp_path / "bad", hud_weight=0.0), ctx.device)

@@ -89,6 +89,39 @@ def test_learns_an_event_it_can_see():
     assert recall > 0.9 and precision > 0.9, (recall, precision)
 
 
+def test_from_frame_and_action_learns_what_an_action_earns_where():
+    # Without frame t + 1: +1 for action 2 where channel 1's top-left cell is lit (facing a
+    # tree), never elsewhere; the model must learn the pair, not the action alone.
+    n = 3000
+    g = torch.Generator().manual_seed(3)
+    previous = torch.randn(n, 4, 8, 8, generator=g) * 0.3
+    facing = torch.rand(n, generator=g) < 0.3
+    previous[facing, 1, :2, :2] += 2.0
+    actions = torch.randint(0, 3, (n,), generator=g)
+    rewards = (facing & (actions == 2)).float()
+    terminated = torch.zeros(n, dtype=torch.bool)
+    config = RewardModelConfig(latent_size=(8, 8), width=16, reward_support=(0.0, 1.0),
+                               action_input=True, next_frame_input=False,
+                               **event_shares(rewards, terminated, (0.0, 1.0), 0.5))
+    model = RewardModel(config, ACTIONS)
+
+    def draw(index):
+        # frame t + 1 is noise: the model must not read it
+        return (previous[index], {"action": actions[index]},
+                torch.randn(len(index), 4, 8, 8, generator=g))
+
+    _oversampled_training(model, draw, rewards, terminated, 0.5, steps=200)
+    with torch.no_grad():
+        reward, _, _ = model.predict(*draw(torch.arange(n)))
+        again, _, _ = model.predict(*draw(torch.arange(n)))
+    torch.testing.assert_close(reward, again)  # frame t + 1 is ignored
+    earning = facing & (actions == 2)
+    assert reward[earning].mean() > 0.8 and reward[~earning].mean() < 0.05
+    assert reward[~facing & (actions == 2)].mean() < 0.05
+    with pytest.raises(ValueError, match="frame t \\+ 1 or the action"):
+        RewardModel(RewardModelConfig(latent_size=(8, 8), next_frame_input=False), ACTIONS)
+
+
 def test_wrong_input_shapes_are_named():
     model = RewardModel(RewardModelConfig(latent_size=(4, 4), width=8), ACTIONS)
     with pytest.raises(ValueError, match=r"two latents of shape \(B, 4, 4, 4\)"):
@@ -185,6 +218,8 @@ def test_configs_from_before_action_input_load_as_trained():
     data = RewardModelConfig(latent_size=(4, 4), width=8, action_input=True).to_dict()
     del data["action_input"]  # written before the option existed, when the action was read
     assert config_from_dict(data).action_input is True
+    del data["next_frame_input"]  # and before frame t + 1 became optional, when it was read
+    assert config_from_dict(data).next_frame_input is True
     data["colour"] = 1
     with pytest.raises(CheckpointError, match="unknown field"):
         config_from_dict(data)

@@ -223,3 +223,6 @@ def test_last_transition_events_mark_rewards_and_terminations(tmp_path):
     expected = (batch["rewards"][:, -1] != 0) | batch["terminated"][:, -1]
     assert np.array_equal(events, expected)
     assert events.sum() == 2 * 3  # two rewards and the terminal step, per episode
+    every = ds.transition_events()
+    assert every.shape == (len(ds), 2) and np.array_equal(every[:, -1], events)
+    assert np.array_equal(every, (batch["rewards"] != 0) | batch["terminated"])

@@ -376,15 +376,20 @@ class WindowDataset:
             "terminated": ep.terminated[s:s + L - 1],
         }
 
-    def last_transition_events(self) -> np.ndarray:
-        """(len,) bool: the windows whose last transition has a nonzero reward or ends the
-        episode (the rare events a reward model is trained on more often than they occur)."""
+    def transition_events(self) -> np.ndarray:
+        """(len, length - 1) bool: which transitions of each window have a nonzero reward or
+        end the episode (the rare events that training draws more often than they occur)."""
         if self.length < 2:
             raise ValueError("windows of one frame have no transition")
         event = [(np.asarray(ep.rewards) != 0) | np.asarray(ep.terminated, bool)
                  for ep in self._episodes]
-        e, last = self._index[:, 0], self._index[:, 1] + self.length - 2
-        return np.array([event[i][t] for i, t in zip(e, last, strict=True)], bool)
+        steps = np.arange(self.length - 1)
+        return np.stack([event[e][s + steps] for e, s in self._index]) if len(self) else \
+            np.zeros((0, self.length - 1), bool)
+
+    def last_transition_events(self) -> np.ndarray:
+        """(len,) bool: the windows whose last transition is an event (`transition_events`)."""
+        return self.transition_events()[:, -1]
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, Any]:
         """A batch of random windows stacked along a new first axis (copies)."""

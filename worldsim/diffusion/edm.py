@@ -109,16 +109,21 @@ def add_noise(x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> tor
 
 
 def edm_loss(net_out: torch.Tensor, x0: torch.Tensor, x_noisy: torch.Tensor,
-             scalings: Scalings) -> torch.Tensor:
+             scalings: Scalings, position_weight: torch.Tensor | None = None) -> torch.Tensor:
     """EDM loss per frame: ||F - (y - c_skip x) / c_out||^2 averaged over (C, h, w), which
     equals lambda(sigma) ||D(x) - y||^2 with lambda = 1 / c_out^2 (Eq. 8).
 
-    net_out, x0, x_noisy: (B, T, C, h, w); scalings shaped (B, T). Returns (B, T) in fp32.
+    net_out, x0, x_noisy: (B, T, C, h, w); scalings shaped (B, T); position_weight: optional
+    (h, w) weights of the latent positions, normalised here to mean 1 so that the loss keeps
+    its scale. Returns (B, T) in fp32.
     """
     c_skip = append_dims(scalings.c_skip, x0.ndim)
     c_out = append_dims(scalings.c_out, x0.ndim)
     target = (x0 - c_skip * x_noisy) / c_out
-    return (net_out.float() - target.float()).pow(2).flatten(2).mean(-1)
+    error = (net_out.float() - target.float()).pow(2)
+    if position_weight is not None:
+        error = error * (position_weight / position_weight.mean()).to(error)
+    return error.flatten(2).mean(-1)
 
 
 class Network(Protocol):

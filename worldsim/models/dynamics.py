@@ -405,7 +405,8 @@ class DynamicsModel(nn.Module):
         return self.config.residual or self.config.dit.previous_frame
 
     def _denoising_pass(self, x0: torch.Tensor, action_emb: torch.Tensor, sigma: torch.Tensor,
-                        noise: torch.Tensor, context_noise: torch.Tensor, teacher_forcing: bool
+                        noise: torch.Tensor, context_noise: torch.Tensor, teacher_forcing: bool,
+                        position_weight: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """One training pass over windows x0 (b, T, C, h, w) noised to sigma (b, T). Diffusion
         Forcing: one stream. Teacher forcing: the teacher-forcing layout
@@ -441,28 +442,32 @@ class DynamicsModel(nn.Module):
         s = get_scalings(levels, dcfg.sigma_data)
         tokens, c = self.dit.features(append_dims(s.c_in, x.ndim) * x, s.c_noise, cond)
         net_out = self.dit.output(tokens[:, -T:], c[:, -T:], *x0.shape[-2:])  # noisy frames
-        frame_loss = edm_loss(net_out, target, y_noisy, get_scalings(sigma, dcfg.sigma_data))
+        frame_loss = edm_loss(net_out, target, y_noisy, get_scalings(sigma, dcfg.sigma_data),
+                              position_weight)
         if self._predicts_from_previous:
             frame_loss = frame_loss[:, 1:]
         return frame_loss, tokens[:, 1:T]
 
     def forward(self, latents: torch.Tensor, actions: dict[str, torch.Tensor],
                 rewards: torch.Tensor, terminated: torch.Tensor,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                generator: torch.Generator | None = None,
+                position_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """The training loss (see `loss`). Training calls the module, not `loss`, so that a
         DistributedDataParallel wrapper sees the forward pass and synchronises gradients."""
-        return self.loss(latents, actions, rewards, terminated, generator)
+        return self.loss(latents, actions, rewards, terminated, generator, position_weight)
 
     def loss(self, latents: torch.Tensor, actions: dict[str, torch.Tensor],
              rewards: torch.Tensor, terminated: torch.Tensor,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+             generator: torch.Generator | None = None,
+             position_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Denoising loss on every frame of the windows, plus the heads' losses.
 
         latents: (B, T, C, h, w) normalised clean latents (T >= 2; T may exceed the attention
         window, which then slides as it does at inference); actions {key: (B, T-1, ...)};
         rewards, terminated: (B, T-1). Each window is in the teacher-forcing layout (a share
         `teacher_forcing_prob`) or in the Diffusion Forcing one; both train every frame.
-        Returns the scalar loss and float metrics.
+        position_weight: optional (h, w) weights of the latent positions in the denoising loss
+        (mean-normalised; see `edm_loss`). Returns the scalar loss and float metrics.
         """
         B, T = latents.shape[:2]
         cfg = self.config
@@ -485,7 +490,8 @@ class DynamicsModel(nn.Module):
             if bool(rows.any()):
                 frame_loss, tokens = self._denoising_pass(
                     latents[rows], action_emb[rows], sigma[rows], noise[rows],
-                    context_noise[rows], teacher_forcing=layout)
+                    context_noise[rows], teacher_forcing=layout,
+                    position_weight=position_weight)
                 frame_losses.append(frame_loss)
                 head_tokens.append(tokens)
                 order.append(rows.nonzero()[:, 0])

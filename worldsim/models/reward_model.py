@@ -50,6 +50,13 @@ class RewardModelConfig:
     frames gave "do" an expected reward of 0.08 in every dream state, which an agent in
     imagination learnt to farm (see docs/DESIGN-NOTES.md); without it, a reward is read off
     the frames alone."""
+    next_frame_input: bool = True
+    """Read frame t + 1. Off (with `action_input`): the reward is predicted from frame t and
+    the action alone, its expectation before the outcome is drawn (Dreamer's reward reads the
+    state the action leads to; this reads the state and the action). In a dream whose DiT does
+    not draw an event's outcome (an inventory slot filling) only this form still pays for the
+    actions that earn rewards; the price is that the dream never shows the reward was taken,
+    so the same action keeps paying where the game would pay once."""
     reward_support: tuple[float, ...] = REWARD_SUPPORT
     """Increasing reward values the model predicts a distribution over (two-hot)."""
     reward_prior: tuple[float, ...] | None = None
@@ -62,7 +69,8 @@ class RewardModelConfig:
     """Share of terminal transitions in the oversampled training batches."""
     # Settings introduced after the format was first written, with the value that reproduces
     # the older behaviour (checkpoint.dataclass_from_dict fills them in).
-    ADDED_LATER: typing.ClassVar[dict[str, Any]] = {"action_input": True}
+    ADDED_LATER: typing.ClassVar[dict[str, Any]] = {"action_input": True,
+                                                    "next_frame_input": True}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -74,7 +82,8 @@ def _log_odds(p: float) -> float:
 
 
 class RewardModel(nn.Module):
-    """Frames t and t + 1 (and their difference) -> a small strided conv trunk -> feature cells
+    """Frames t and t + 1 (and their difference), or frame t alone (`next_frame_input` off)
+    -> a small strided conv trunk -> feature cells
     with learned positions (the HUD sits at a fixed place), plus the action's embedding if
     `action_input` ->
     `RewardTerminationHead` (mean- and max-pooled cells -> reward logits, termination logit).
@@ -87,8 +96,12 @@ class RewardModel(nn.Module):
         h, w = config.latent_size
         if h % 2 or w % 2:
             raise ValueError(f"the latent size must be even, got {config.latent_size}")
+        if not (config.next_frame_input or config.action_input):
+            raise ValueError("a reward model needs frame t + 1 or the action: set "
+                             "next_frame_input or action_input")
+        inputs = 3 * C if config.next_frame_input else C  # frames t, t + 1, change; or frame t
         self.trunk = nn.Sequential(
-            nn.Conv2d(3 * C, D // 2, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(inputs, D // 2, 3, padding=1), nn.SiLU(),
             nn.Conv2d(D // 2, D, 3, stride=2, padding=1), nn.SiLU(),
             nn.Conv2d(D, D, 3, padding=1), nn.SiLU(),
             nn.Conv2d(D, D, 3, padding=1))
@@ -127,7 +140,8 @@ class RewardModel(nn.Module):
                              f"{self.config.latent_channels}, {self.config.latent_size[0]}, "
                              f"{self.config.latent_size[1]}), got {tuple(previous.shape)} and "
                              f"{tuple(latents.shape)}")
-        x = torch.cat([previous, latents, latents - previous], dim=1).float()
+        x = (torch.cat([previous, latents, latents - previous], dim=1)
+             if self.config.next_frame_input else previous).float()
         cells = rearrange(self.trunk(x), "b d h w -> b (h w) d") + self.positions  # (B, N, D)
         if self.action_encoder is not None:
             null = torch.zeros(len(x), 1, dtype=torch.bool, device=x.device)

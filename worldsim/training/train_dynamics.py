@@ -79,6 +79,18 @@ class TrainDynamicsConfig:
     bundle, keeping its model config (architecture, noise levels, reward support) so that the
     weights fit; the optimizer and the step count start afresh. The data may differ (e.g. grown
     by `worldsim loop`); the VAE must be the same. `--dit.*` and `--residual` are ignored."""
+    event_share: float = 0.0
+    """Share of each batch drawn from windows with an event (a nonzero reward or the episode's
+    end) in one of their transitions; 0: windows as they come (events are ~1% of Crafter's
+    transitions). Drawing them more often teaches the model to draw what an event changes
+    (Crafter's inventory and health), at the price of a dream that sees events more often
+    than the game would."""
+    hud_fraction: float = 0.0
+    """Bottom share of the frame's height whose latent rows get `hud_weight` in the denoising
+    loss: a status bar whose small changes carry the rewards (Crafter's inventory and health
+    take the bottom 2/9). 0: every position weighs the same."""
+    hud_weight: float = 1.0
+    """Loss weight of the `hud_fraction` rows relative to the rest of the frame."""
     train: TrainConfig = field(default_factory=_default_train)
     eval_windows: int = 32
     """Validation windows used by each evaluation."""
@@ -124,6 +136,16 @@ class DynamicsTask(TrainingTask):
                              f"splits (train windows: {len(self.train_set)}, validation windows: "
                              f"{len(self.val_set)}); collect more data or lower --window")
         self.window = window
+        if not 0 <= cfg.event_share < 1 or not 0 <= cfg.hud_fraction <= 1 or cfg.hud_weight <= 0:
+            raise ValueError("event_share must be in [0, 1), hud_fraction in [0, 1] and "
+                             "hud_weight positive")
+        events = self.train_set.transition_events().any(1)
+        self.train_events, self.train_plain = np.flatnonzero(events), np.flatnonzero(~events)
+        if cfg.event_share > 0 and (len(self.train_events) == 0 or len(self.train_plain) == 0):
+            raise ValueError(f"--event-share needs training windows with and without events; "
+                             f"{cfg.data} has {len(self.train_events)} and "
+                             f"{len(self.train_plain)}")
+        self.position_weight = self._position_weight()
         if initial is not None:
             if initial.config.dit.window < window:
                 raise ValueError(f"cannot fine-tune {cfg.init_from} (window "
@@ -156,6 +178,18 @@ class DynamicsTask(TrainingTask):
                                   f"{model.action_space} is not the data's "
                                   f"{self.store.action_space}")
         return model
+
+    def _position_weight(self) -> torch.Tensor | None:
+        """(h, w) loss weights of the latent positions: `hud_weight` on the bottom
+        `hud_fraction` of the rows, 1 elsewhere; None when they would all be equal."""
+        cfg = self.cfg
+        h, w = self.vae.latent_shape(*self.store.frame_shape()[:2])[1:]
+        rows = int(np.ceil(cfg.hud_fraction * h))
+        if rows == 0 or cfg.hud_weight == 1:
+            return None
+        weight = torch.ones(h, w, device=self.device)
+        weight[h - rows:] = cfg.hud_weight
+        return weight
 
     def _change_std(self, max_episodes: int = 200) -> float:
         """Standard deviation of frame-to-frame latent changes on (up to `max_episodes`
@@ -193,7 +227,12 @@ class DynamicsTask(TrainingTask):
         c = self.cfg
         # init_from only when fine-tuning, so runs from before the option still resume
         fine_tuning = {} if c.init_from is None else {"init_from": str(c.init_from)}
+        # the sampling and weighting options likewise only when they are in use
+        emphasis = {k: getattr(c, k) for k, default in
+                    (("event_share", 0.0), ("hud_fraction", 0.0), ("hud_weight", 1.0))
+                    if getattr(c, k) != default}
         return {"dynamics": self.dynamics_config.to_dict(), "window": self.window, **fine_tuning,
+                **emphasis,
                 "vae_fingerprint": self.vae.fingerprint(), "latent_tag": self.tag,
                 "eval_windows": c.eval_windows, "eval_horizon": c.eval_horizon,
                 "eval_context": c.eval_context}
@@ -223,13 +262,20 @@ class DynamicsTask(TrainingTask):
         }
 
     def sample_batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, Any]:
-        """latents (B, W, C, h, w), actions {key: (B, W-1, ...)}, rewards/terminated (B, W-1)."""
-        return self._to_device(self.train_set.sample(batch_size, rng))
+        """latents (B, W, C, h, w), actions {key: (B, W-1, ...)}, rewards/terminated (B, W-1).
+        A share `event_share` of the windows has an event (see its help)."""
+        if self.cfg.event_share == 0:
+            return self._to_device(self.train_set.sample(batch_size, rng))
+        events = rng.random(batch_size) < self.cfg.event_share
+        index = np.where(events, rng.choice(self.train_events, batch_size),
+                         rng.choice(self.train_plain, batch_size))
+        return self._to_device(self.train_set.take(index))
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
         # `model` is the DistributedDataParallel wrapper under torchrun: call it, so gradients
         # are synchronised (DynamicsModel.forward is its training loss).
-        return model(batch["latents"], batch["actions"], batch["rewards"], batch["terminated"])
+        return model(batch["latents"], batch["actions"], batch["rewards"], batch["terminated"],
+                     position_weight=self.position_weight)
 
     # ------------------------------------------------------------------ evaluation
     def _validation(self) -> dict[str, Any]:

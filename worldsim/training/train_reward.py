@@ -66,6 +66,9 @@ class TrainRewardConfig:
     a reward the frame does not show, which an agent in imagination can farm."""
     action_input: bool = False
     """The model also reads the action (see `RewardModelConfig.action_input`)."""
+    next_frame_input: bool = True
+    """The model reads frame t + 1; `--no-next-frame-input --action-input`: frame t and the
+    action only (see `RewardModelConfig.next_frame_input`)."""
     sampling_steps: int = 1
     """Sampler steps of `dynamics` for those frames (the shipped bundle's default)."""
     context: int = 3
@@ -119,6 +122,7 @@ class RewardTask(TrainingTask):
         self.model_config = RewardModelConfig(latent_channels=self.vae.latent_channels,
                                               latent_size=(h, w), width=cfg.width,
                                               action_input=cfg.action_input,
+                                              next_frame_input=cfg.next_frame_input,
                                               reward_support=support, **shares)
         self.model = RewardModel(self.model_config, self.store.action_space).to(self.device)
         self._eval: dict[str, Any] | None = None
