@@ -2,35 +2,39 @@
 # Agents trained only in the dream vs the same agent trained on the real game, each
 # with 3 seeds, scored in the real game beside the random agent (issue: agents in imagination).
 #   examples/agents_in_imagination.sh [OUT_DIR]
-# About 1.5 hours on 2 CPU cores (two runs at a time, one thread each).
+# About 2 hours on 2 CPU cores.
 #
 # The world model learnt from 150k real steps (examples/reproduce_default_model.sh); the real-
 # game agents get the same 150k steps (625 updates x 16 envs x 15 steps). The dream agents
-# imagine 100 updates x 32 envs x 15 steps = 48k steps from the bundle's real start contexts.
+# imagine 150 updates x 32 envs x 15 steps = 72k steps from the bundle's real start contexts.
 #
-# The shipped bundle's reward model reads recorded frames; in the dream it almost never sees
+# The shipped bundle's reward model reads frames t and t+1; in the dream it almost never sees
 # an event, because the DiT does not draw them (docs/DESIGN-NOTES.md). The dream agents here
-# use a variant trained half on the DiT's sampled frames, which gives a weak but unfarmable
-# signal. Needs data/crafter and runs/vae-f4, runs/dyn-default from the reproduce script.
+# use a reward model that reads frame t and the action instead (its expected reward before
+# the outcome), which pays for the actions that earn rewards but can be farmed, since the
+# dream never shows that a reward was taken. Needs data/crafter and runs/vae-f4,
+# runs/dyn-default from the reproduce script.
 set -euo pipefail
 out=${1:-runs/agents}
 data=${DATA:-data/crafter}
 runs=${RUNS:-runs}
-shipped=$(python -c "from envs.world_model_env import DEFAULT_CHECKPOINT; print(DEFAULT_CHECKPOINT)")
-worldsim train reward --data "$data" --vae "$runs/vae-f4" --dynamics "$shipped" \
-    --predicted-share 0.5 --out "$runs/reward-sampled" --train.steps 2191 --train.threads 2
+worldsim train reward --data "$data" --vae "$runs/vae-f4" --action-input --no-next-frame-input \
+    --out "$runs/reward-state-action" --train.steps 4000 --train.threads 2
 worldsim bundle --vae "$runs/vae-f4" --dynamics "$runs/dyn-default" --data "$data" \
-    --reward "$runs/reward-sampled" --sample-steps 1 --out "$runs/bundle-reward-sampled"
-bundle="$runs/bundle-reward-sampled"
+    --reward "$runs/reward-state-action" --sample-steps 1 --out "$runs/bundle-state-action"
+bundle="$runs/bundle-state-action"
 common=(--preset small --training.lr 6e-4 --threads 1 --log-every 10 --save-every 25)
 mkdir -p "$out"
 
+# Dream agents: three at a time on one thread each (~25 min); then the real-game agents.
 for seed in 0 1 2; do
-    worldsim imagine --checkpoint "$bundle" --obs-mode rgb --bf16 --num-envs 32 --steps 100 \
-        "${common[@]}" --seed "$seed" --out "$out/dream-s$seed" &
+    worldsim imagine --checkpoint "$bundle" --obs-mode rgb --bf16 --num-envs 32 --steps 150 \
+        --training.entropy-coef 0.03 "${common[@]}" --seed "$seed" --out "$out/dream-s$seed" &
+done
+wait
+for seed in 0 1 2; do
     worldsim imagine --env worldsim/Crafter-v0 --training.no-restart --num-envs 16 --steps 625 \
         "${common[@]}" --seed "$seed" --out "$out/real-s$seed"
-    wait
 done
 
 for seed in 0 1 2; do
