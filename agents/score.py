@@ -84,6 +84,8 @@ class EpisodeResult:
     length: int
     terminated: bool
     achievements: dict[str, int] = field(default_factory=dict)
+    action_counts: list[int] = field(default_factory=list)
+    """How often each action was taken (Discrete action spaces; empty otherwise)."""
 
 
 @dataclass
@@ -94,6 +96,7 @@ class ScoreResult:
     env: str
     episodes: list[EpisodeResult]
     achievement_names: list[str]
+    action_names: list[str] = field(default_factory=list)
 
     @property
     def returns(self) -> np.ndarray:
@@ -115,10 +118,22 @@ class ScoreResult:
         rates = self.success_rates
         return crafter_score(list(rates.values())) if rates else None
 
+    @property
+    def action_shares(self) -> dict[str, float]:
+        """Percent of all steps spent on each action (Discrete action spaces): what the
+        policy does, e.g. whether it presses one action in place."""
+        counts = [e.action_counts for e in self.episodes if e.action_counts]
+        if not counts:
+            return {}
+        total = np.sum(counts, axis=0, dtype=np.float64)
+        names = self.action_names or [str(a) for a in range(len(total))]
+        return {name: float(100 * c / total.sum()) for name, c in zip(names, total, strict=True)}
+
     def summary(self) -> dict[str, Any]:
         return {
             "agent": self.agent, "env": self.env, "episodes": len(self.episodes),
             "score": self.score, "success_rates": self.success_rates,
+            "action_shares": self.action_shares,
             "return_mean": float(self.returns.mean()), "return_std": float(self.returns.std()),
             "length_mean": float(self.lengths.mean()), "length_std": float(self.lengths.std()),
             "per_episode": [asdict(e) for e in self.episodes],
@@ -142,17 +157,24 @@ def make_agent(spec: str, action_space, seed: int, greedy: bool = False,
 
 def play_episode(env, agent, seed: int) -> EpisodeResult:
     """Play one episode to its end; achievements come from the last step's info."""
+    from gymnasium import spaces
+
     obs, info = env.reset(seed=seed)
     agent.reset()
     total, steps = 0.0, 0
+    discrete = isinstance(env.action_space, spaces.Discrete)
+    counts = np.zeros(env.action_space.n if discrete else 0, np.int64)
     while True:
-        obs, reward, terminated, truncated, info = env.step(agent.act(obs))
+        action = agent.act(obs)
+        if discrete:
+            counts[int(action) - env.action_space.start] += 1
+        obs, reward, terminated, truncated, info = env.step(action)
         total += float(reward)
         steps += 1
         if terminated or truncated:
             break
     achievements = {k: int(v) for k, v in info.get("achievements", {}).items()}
-    return EpisodeResult(seed, total, steps, bool(terminated), achievements)
+    return EpisodeResult(seed, total, steps, bool(terminated), achievements, counts.tolist())
 
 
 def achievement_names(env, first_info: dict[str, Any]) -> list[str]:
@@ -198,7 +220,8 @@ def score_agent(cfg: ScoreConfig) -> ScoreResult:
         if bar is not None:
             bar.close()
         env.close()
-    return ScoreResult(cfg.agent, cfg.env, episodes, names)
+    return ScoreResult(cfg.agent, cfg.env, episodes, names,
+                       list(getattr(env.unwrapped, "action_names", ())))
 
 
 # ---------------------------------------------------------------------- reporting
@@ -213,6 +236,10 @@ def format_report(result: ScoreResult) -> str:
         lines.append("success rates (%):")
         width = max(len(n) for n in s["success_rates"])
         lines += [f"  {name:<{width}}  {rate:6.1f}" for name, rate in s["success_rates"].items()]
+    if s["action_shares"]:
+        lines.append("actions taken (% of steps):")
+        width = max(len(n) for n in s["action_shares"])
+        lines += [f"  {name:<{width}}  {share:6.1f}" for name, share in s["action_shares"].items()]
     return "\n".join(lines)
 
 

@@ -69,6 +69,10 @@ def test_score_result_summary():
     assert s["score"] == pytest.approx(math.exp((math.log(101) + math.log(51)) / 2) - 1)
     assert s["return_mean"] == 2.0 and s["return_std"] == 1.0
     assert s["length_mean"] == 20.0 and len(s["per_episode"]) == 2
+    assert s["action_shares"] == {}  # no action counts recorded
+    eps[0].action_counts, eps[1].action_counts = [9, 1], [21, 9]
+    shares = ScoreResult("random", "env", eps, names, ["noop", "do"]).summary()["action_shares"]
+    assert shares == pytest.approx({"noop": 75.0, "do": 25.0})
 
 
 def test_random_agent_on_short_crafter_episodes(tmp_path):
@@ -79,6 +83,8 @@ def test_random_agent_on_short_crafter_episodes(tmp_path):
     for ep in result.episodes:
         assert 1 <= ep.length <= 25
         assert set(ep.achievements) == set(result.achievement_names)
+        assert len(ep.action_counts) == 17 and sum(ep.action_counts) == ep.length
+    assert result.action_names[5] == "do" and sum(result.action_shares.values()) == pytest.approx(100)
     # the reported score is the formula applied to the episodes' own unlocks
     unlocked = [{k: v for k, v in ep.achievements.items()} for ep in result.episodes]
     rates = [100.0 * np.mean([u[name] > 0 for u in unlocked]) for name in result.achievement_names]
