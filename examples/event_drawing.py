@@ -35,7 +35,8 @@ def main() -> None:
     parser.add_argument("--strip", default=None)
     args = parser.parse_args()
     wm = worldsim.load(args.checkpoint)
-    episodes = load_episodes(EpisodeStore(args.data), EpisodeStore(args.data).split("val"))
+    store = EpisodeStore(args.data)
+    episodes = load_episodes(store, store.split("val"))
     picks = np.array([(e, t) for e, ep in enumerate(episodes)
                       for t in np.flatnonzero(np.asarray(ep.rewards) > 0.5)])
     if len(picks) == 0:

@@ -70,15 +70,12 @@ def load_dynamics(directory: str | Path, device: str | torch.device = "cpu",
     if (directory / "dynamics").is_dir():  # a bundle
         directory = directory / "dynamics"
     directory, meta, group, tensors = read_model_checkpoint(
-        directory, "dynamics", keys=("dynamics", "action_space"), weights=weights)
+        directory, "dynamics", keys=("dynamics", "action_space"), weights=weights,
+        vae_fingerprint=vae_fingerprint)
     try:
         config = DynamicsConfig.from_dict(meta["dynamics"])
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{directory}/config.json: {e}") from e
-    saved_vae = meta.get("task", {}).get("vae_fingerprint") or meta.get("vae_fingerprint")
-    if vae_fingerprint is not None and saved_vae is not None and saved_vae != vae_fingerprint:
-        raise CheckpointError(f"{directory} was trained on latents of VAE {saved_vae}, not on "
-                              f"those of VAE {vae_fingerprint}")
     model = DynamicsModel(config, space_from_json(meta["action_space"]))
     load_state_dict_strict(model, tensors, f"{directory}/{group}.safetensors")
     return model.to(device).eval(), meta

@@ -400,6 +400,16 @@ class WindowDataset:
         return collate([self[int(i)] for i in indices])
 
 
+def oversampled_indices(rng: np.random.Generator, batch_size: int, share: float,
+                        events: np.ndarray, plain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A batch of window indices in which each row comes from `events` with probability
+    `share` and from `plain` otherwise (rare events drawn more often than they occur).
+    Returns (indices (B,), from_events (B,) bool)."""
+    from_events = rng.random(batch_size) < share
+    index = np.where(from_events, rng.choice(events, batch_size), rng.choice(plain, batch_size))
+    return index, from_events
+
+
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack a list of window dicts (nested dicts of arrays) along a new first axis."""
     first = items[0]

@@ -209,14 +209,11 @@ def load_reward_model(directory, device: str | torch.device = "cpu",
     from worldsim.training.loop import read_model_checkpoint
 
     directory, meta, group, tensors = read_model_checkpoint(
-        directory, "reward", keys=("reward_model", "action_space"))
+        directory, "reward", keys=("reward_model", "action_space"),
+        vae_fingerprint=vae_fingerprint)
     if action_space is not None and meta["action_space"] != action_space:
         raise CheckpointError(f"{directory} was trained for another action space "
                               f"({meta['action_space']}) than {action_space}")
-    saved_vae = meta.get("vae_fingerprint")
-    if vae_fingerprint is not None and saved_vae not in (None, vae_fingerprint):
-        raise CheckpointError(f"{directory} was trained on latents of VAE {saved_vae}, not on "
-                              f"those of VAE {vae_fingerprint}")
     config = dataclass_from_dict(RewardModelConfig, meta["reward_model"], "reward model config")
     model = RewardModel(config, space_from_json(meta["action_space"]))
     load_state_dict_strict(model, tensors, f"{directory}/{group}.safetensors")

@@ -237,18 +237,24 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def read_model_checkpoint(path: str | os.PathLike, kind: str, keys: tuple[str, ...] = (),
-                          weights: str | None = None, name: str | None = None
+                          weights: str | None = None, name: str | None = None,
+                          vae_fingerprint: str | None = None
                           ) -> tuple[Path, dict[str, Any], str, dict[str, torch.Tensor]]:
     """What every model loader reads first: the checkpoint directory of `path` (a checkpoint,
     or a run's newest), its config (which must say `kind` and hold `keys`), and one group of
     weights, `weights` or else "ema" if saved, else "model". `name` names the model in errors
-    (default "<kind> model").
+    (default "<kind> model"). With `vae_fingerprint`, a model that records the VAE whose
+    latents it was trained on (in its training task or its own config) must name that one.
     Returns (directory, config, group, tensors of that group)."""
     directory = resolve_checkpoint(path)
     meta = read_config(directory)
     if meta.get("kind") != kind or any(k not in meta for k in keys):
         raise CheckpointError(f"{directory}/config.json does not describe a "
                               f"{name or kind + ' model'} (kind={meta.get('kind')!r})")
+    saved_vae = meta.get("task", {}).get("vae_fingerprint") or meta.get("vae_fingerprint")
+    if vae_fingerprint is not None and saved_vae not in (None, vae_fingerprint):
+        raise CheckpointError(f"{directory} was trained on latents of VAE {saved_vae}, not on "
+                              f"those of VAE {vae_fingerprint}")
     group = weights or ("ema" if "ema" in meta["checkpoint"]["files"] else "model")
     _, tensors = load_checkpoint(directory, groups=[group])
     return directory, meta, group, tensors[group]

@@ -27,7 +27,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from worldsim.data.store import EpisodeStore, WindowDataset, collate
+from worldsim.data.store import EpisodeStore, WindowDataset, collate, oversampled_indices
 from worldsim.diffusion.edm import DiffusionConfig, residual_diffusion_config
 from worldsim.evaluation.metrics import frame_metrics
 from worldsim.models.dit import DiTConfig
@@ -139,7 +139,9 @@ class DynamicsTask(TrainingTask):
         if not 0 <= cfg.event_share < 1 or not 0 <= cfg.hud_fraction <= 1 or cfg.hud_weight <= 0:
             raise ValueError("event_share must be in [0, 1), hud_fraction in [0, 1] and "
                              "hud_weight positive")
-        events = self.train_set.transition_events().any(1)
+        # which windows hold an event: only needed (one pass over every window) to oversample
+        events = (self.train_set.transition_events().any(1) if cfg.event_share > 0
+                  else np.zeros(0, bool))
         self.train_events, self.train_plain = np.flatnonzero(events), np.flatnonzero(~events)
         if cfg.event_share > 0 and (len(self.train_events) == 0 or len(self.train_plain) == 0):
             raise ValueError(f"--event-share needs training windows with and without events; "
@@ -266,9 +268,8 @@ class DynamicsTask(TrainingTask):
         A share `event_share` of the windows has an event (see its help)."""
         if self.cfg.event_share == 0:
             return self._to_device(self.train_set.sample(batch_size, rng))
-        events = rng.random(batch_size) < self.cfg.event_share
-        index = np.where(events, rng.choice(self.train_events, batch_size),
-                         rng.choice(self.train_plain, batch_size))
+        index, _ = oversampled_indices(rng, batch_size, self.cfg.event_share,
+                                       self.train_events, self.train_plain)
         return self._to_device(self.train_set.take(index))
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:

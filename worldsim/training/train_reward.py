@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from worldsim.data.store import EpisodeStore, WindowDataset
+from worldsim.data.store import EpisodeStore, WindowDataset, oversampled_indices
 from worldsim.evaluation.fidelity import precision_recall
 from worldsim.models.dynamics import reward_support_from_data
 from worldsim.models.reward_model import RewardModel, RewardModelConfig, event_shares
@@ -204,9 +204,8 @@ class RewardTask(TrainingTask):
 
     def sample_batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, Any]:
         """previous, latents (B, C, h, w), actions {key: (B, ...)}, rewards, terminated (B,)."""
-        events = rng.random(batch_size) < self.cfg.event_share
-        index = np.where(events, rng.choice(self.train_events, batch_size),
-                         rng.choice(self.train_plain, batch_size))
+        index, events = oversampled_indices(rng, batch_size, self.cfg.event_share,
+                                            self.train_events, self.train_plain)
         if self.dynamics is None or self.cfg.predicted_share == 0:
             return self._transitions(self.train_set.take(index))
         if self._pool is None:
