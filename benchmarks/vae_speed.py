@@ -1,14 +1,16 @@
 """Frame VAE speed: encode and decode frames/s at batch 1 and 64, fp32 vs bf16 autocast,
-1 vs 2 torch threads, all in one run (timings on a shared machine drift 10-25% between runs,
+1 vs 2 torch threads, and the frame refiner that a bundle may run after each decode, all in
+one run (timings on a shared machine drift 10-25% between runs,
 so only compare numbers from the same run).
 
-    python benchmarks/vae_speed.py [--vae RUN_OR_CHECKPOINT] [--out vae_speed.json]
+    python benchmarks/vae_speed.py [--vae RUN_OR_CHECKPOINT] [--refiner RUN_OR_CHECKPOINT]
+                                   [--out vae_speed.json]
 
 Each case times `repeats` calls after `warmup` calls and reports the median wall time per
 call, frames/s from it, and the median process CPU time per call (which, unlike wall time,
 excludes waiting for a core that another process holds; with 1 thread it is the cleanest
-figure on a busy machine). Without --vae the default `VAEConfig` is timed with random
-weights (speed does not depend on the values). Prints one JSON document.
+figure on a busy machine). Without --vae (--refiner) the default `VAEConfig`
+(`RefinerConfig`) is timed with random weights (speed does not depend on the values). Prints one JSON document.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from worldsim.models.refiner import FrameRefiner, load_refiner
 from worldsim.models.vae import VAE, VAEConfig
 from worldsim.runtime import autocast, configure
 
@@ -33,6 +36,8 @@ class VAESpeedConfig:
 
     vae: Path | None = None
     """VAE checkpoint or training run; default: the default VAEConfig, random weights."""
+    refiner: Path | None = None
+    """Frame refiner checkpoint or training run; default: the default RefinerConfig."""
     height: int = 64
     """Frame height."""
     width: int = 64
@@ -65,6 +70,7 @@ def time_calls(fn, repeats: int, warmup: int) -> tuple[float, float]:
 def run(cfg: VAESpeedConfig) -> dict:
     configure()
     vae = (VAE.from_checkpoint(cfg.vae) if cfg.vae else VAE(VAEConfig())).eval()
+    refiner = load_refiner(cfg.refiner)[0] if cfg.refiner else FrameRefiner().eval()
     C, h, w = vae.latent_shape(cfg.height, cfg.width)
     results = []
     for threads in cfg.threads:
@@ -76,7 +82,8 @@ def run(cfg: VAESpeedConfig) -> dict:
             for precision in ("fp32", "bf16"):
                 bf16 = precision == "bf16"
                 ops = {"encode": lambda f=frames: vae.encode_frames(f),
-                       "decode": lambda z=latents: vae.decode_frames(z)}
+                       "decode": lambda z=latents: vae.decode_frames(z),
+                       "refine": lambda f=frames: refiner.refine(f, f, f)}
                 for op, fn in ops.items():
                     def call(fn=fn, bf16=bf16):
                         with torch.inference_mode(), autocast("cpu", bf16):
@@ -96,6 +103,8 @@ def run(cfg: VAESpeedConfig) -> dict:
         "vae": {"source": getattr(vae, "source", None), "config": asdict(vae.cfg),
                 "parameters": sum(p.numel() for p in vae.parameters()),
                 "frame": [cfg.height, cfg.width, 3], "latent": [C, h, w]},
+        "refiner": {"config": asdict(refiner.cfg),
+                    "parameters": sum(p.numel() for p in refiner.parameters())},
         "results": results,
         "best_single_frame_decode": best,
     }

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -30,7 +30,7 @@ from gymnasium.vector.utils import batch_space
 from envs.window import HumanWindow
 from worldsim.runtime import autocast
 from worldsim.spaces import stack_actions
-from worldsim.world_model import WorldModel
+from worldsim.world_model import Rendered, WorldModel
 
 if TYPE_CHECKING:
     from worldsim.models.dynamics import RolloutState
@@ -155,6 +155,16 @@ def _rng(seed: int | None) -> np.random.Generator:
     return rng
 
 
+class Context(NamedTuple):
+    """What a row starts from: latents (K, C, h, w) of K real frames, the actions between
+    them {key: (K-1, ...)}, and the last frame itself, uint8 (H, W, 3) (shown at the reset
+    when the bundle has a frame refiner)."""
+
+    latents: torch.Tensor
+    actions: dict[str, np.ndarray]
+    last_frame: np.ndarray
+
+
 @dataclass
 class DreamState:
     """A snapshot of B dream rollouts (B = 1 for WorldModelEnv): everything `step` and
@@ -163,22 +173,22 @@ class DreamState:
     rollout:   the dynamics model's RolloutState (KV cache of the window, newest latent)
     generator: the sampler's torch.Generator state (uint8 tensor)
     steps:     (B,) steps taken in each row's episode
-    frames:    (B, H, W, 3) uint8 current frames on the device (None in latent mode until
-               rendered)
+    shown:     the frames shown now (`worldsim.world_model.Rendered`: frames and their plain
+               decodes, (B, H, W, 3) uint8 on the device; None in latent mode until rendered)
     rngs:      bit-generator states of the rows' np_random (start contexts of later resets)
     """
 
     rollout: RolloutState
     generator: torch.Tensor
     steps: np.ndarray
-    frames: torch.Tensor | None
+    shown: Rendered | None
     rngs: list[dict] = field(default_factory=list)
 
     def clone(self) -> DreamState:
         import copy
 
         return DreamState(self.rollout.clone(), self.generator.clone(), self.steps.copy(),
-                          None if self.frames is None else self.frames.clone(),
+                          None if self.shown is None else self.shown.clone(),
                           copy.deepcopy(self.rngs))
 
 
@@ -218,23 +228,21 @@ class _Rollouts:
         self.generator = torch.Generator(device=wm.device)
         self.state = None                   # RolloutState of all B rows once started
         self.steps = np.zeros(batch_size, dtype=np.int64)
-        self.frames: torch.Tensor | None = None  # (B, H, W, 3) uint8, rgb mode / rendered
+        self.shown: Rendered | None = None  # the frames shown: rgb mode / rendered
         self._encoded: dict[int, torch.Tensor] = {}
 
     # -- start contexts ----------------------------------------------------------------
-    def shipped_context(self, index: int) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
-        """Latents (K, C, h, w) and actions {key: (K-1, ...)} of start context `index`
-        (its last `context_frames` frames), encoded once and kept."""
+    def shipped_context(self, index: int) -> Context:
+        """Start context `index` (its last `context_frames` frames), encoded once and kept."""
         K = self.context_frames
         if index not in self._encoded:
             with autocast(self.wm.device, self.bf16):
                 self._encoded[index] = self.wm.encode(self.wm.start_frames[index, -K:])
         actions = {k: v[index, v.shape[1] - (K - 1):] for k, v in self.wm.start_actions.items()}
-        return self._encoded[index], actions
+        return Context(self._encoded[index], actions, self.wm.start_frames[index, -1])
 
-    def prompted_context(self, frames: Any, actions: Any
-                         ) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
-        """Latents and actions of prompt frames (see `prompt_frames` / `prompt_actions`);
+    def prompted_context(self, frames: Any, actions: Any) -> Context:
+        """The context of prompt frames (see `prompt_frames` / `prompt_actions`);
         only the last `window` frames are kept (the DiT attends no further back)."""
         frames = prompt_frames(frames, self.wm.observation_space.shape[:2])
         actions = prompt_actions(actions, self.wm.action_space, len(frames) - 1)
@@ -242,25 +250,26 @@ class _Rollouts:
         frames = frames[len(frames) - keep:]
         actions = {k: v[len(v) - (keep - 1):] if keep > 1 else v[:0] for k, v in actions.items()}
         with autocast(self.wm.device, self.bf16):
-            return self.wm.encode(frames), actions
+            return Context(self.wm.encode(frames), actions, frames[-1])
 
-    def start(self, rows: np.ndarray, contexts: list[tuple[torch.Tensor, dict]]) -> None:
+    def start(self, rows: np.ndarray, contexts: list[Context]) -> None:
         """Start `rows` (all rows on the first call) from one context each."""
-        latents = torch.stack([c[0] for c in contexts])  # (n, K, C, h, w)
-        actions = {k: np.stack([c[1][k] for c in contexts]) for k in contexts[0][1]}
+        latents = torch.stack([c.latents for c in contexts])  # (n, K, C, h, w)
+        actions = {k: np.stack([c.actions[k] for c in contexts]) for k in contexts[0].actions}
         with autocast(self.wm.device, self.bf16):
             state = self.wm.start(latents, actions, self.generator)
-            frames = self.wm.decode(latents[:, -1]) if self.obs_mode == "rgb" else None
+            shown = self.wm.render_start(np.stack([c.last_frame for c in contexts]),
+                                         latents[:, -1]) if self.obs_mode == "rgb" else None
         if self.state is None or len(rows) == self.batch_size and \
                 np.array_equal(rows, np.arange(self.batch_size)):
-            self.state, self.frames = state, frames
+            self.state, self.shown = state, shown
         else:
             index = torch.as_tensor(rows, device=self.wm.device)
             self.state.assign(index, state)
-            if frames is not None:
-                self.frames[index] = frames
-            elif self.frames is not None:
-                self.frames = None  # latent mode: rendered frames are stale
+            if shown is not None:
+                self.shown.assign(index, shown)
+            elif self.shown is not None:
+                self.shown = None  # latent mode: rendered frames are stale
         self.steps[rows] = 0
 
     # -- stepping ----------------------------------------------------------------------
@@ -270,7 +279,8 @@ class _Rollouts:
         with autocast(self.wm.device, self.bf16):
             out = self.wm.step(self.state, actions, self.generator,
                                num_steps=self.num_sampling_steps, sampler=self.sampler)
-            self.frames = self.wm.decode(out.latents) if self.obs_mode == "rgb" else None
+            self.shown = self.wm.render(out.latents, self.shown) \
+                if self.obs_mode == "rgb" else None
         self.steps += 1
         probs = out.reward_probs.float()
         support = self.support.to(probs.device)
@@ -284,21 +294,22 @@ class _Rollouts:
     def observe(self, rows: Any = slice(None)) -> torch.Tensor:
         """Fresh observation tensors of `rows`: (n, H, W, 3) uint8 or (n, C, h, w) float32."""
         if self.obs_mode == "rgb":
-            return self.frames[rows].clone()
+            return self.shown.frames[rows].clone()
         return self.state.last_latents[rows].float().clamp(-LATENT_OBS_LIMIT, LATENT_OBS_LIMIT)
 
     def rendered(self) -> torch.Tensor:
-        """(B, H, W, 3) uint8 current frames (decoded on demand in latent mode)."""
-        if self.frames is None:
+        """(B, H, W, 3) uint8 current frames. In latent mode they are decoded on demand,
+        without the refiner (which needs every frame before it)."""
+        if self.shown is None:
             with autocast(self.wm.device, self.bf16):
-                self.frames = self.wm.decode(self.state.last_latents)
-        return self.frames
+                self.shown = self.wm.render(self.state.last_latents)
+        return self.shown.frames
 
     # -- snapshots -----------------------------------------------------------------------
     def snapshot(self, rngs: list[np.random.Generator]) -> DreamState:
         if self.state is None:
             raise gym.error.ResetNeeded("call reset() before get_state()")
-        return DreamState(self.state, self.generator.get_state(), self.steps, self.frames,
+        return DreamState(self.state, self.generator.get_state(), self.steps, self.shown,
                           [r.bit_generator.state for r in rngs]).clone()
 
     def restore(self, snapshot: DreamState, rngs: list[np.random.Generator]) -> None:
@@ -309,7 +320,7 @@ class _Rollouts:
             raise ValueError(f"the state holds {snapshot.rollout.batch_size} rollouts, this env "
                              f"steps {self.batch_size}")
         snapshot = snapshot.clone()  # the caller's copy stays valid for more branches
-        self.state, self.steps, self.frames = snapshot.rollout, snapshot.steps, snapshot.frames
+        self.state, self.steps, self.shown = snapshot.rollout, snapshot.steps, snapshot.shown
         self.generator.set_state(snapshot.generator)
         for rng, state in zip(rngs, snapshot.rngs, strict=True):
             rng.bit_generator.state = state

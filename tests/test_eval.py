@@ -145,7 +145,8 @@ def test_reward_precision_counts_false_alarms_of_all_negatives():
         zeros = np.zeros((n, 4, 4, 3), np.uint8)
         return TeacherForcedRun(
             picks=picks.picks, context=1, current=zeros, target=zeros, current_vae=zeros,
-            target_vae=zeros, dream={4: zeros}, actions={"action": np.zeros(n, np.int64)},
+            target_vae=zeros, current_shown=zeros, dream={4: zeros}, dream_decoded=zeros,
+            actions={"action": np.zeros(n, np.int64)},
             rewards=rewards, terminated=terminated, heads_steps=4,
             reward_mode=np.asarray(reward_mode, np.float32), reward_mean=np.zeros(n, np.float32),
             termination_prob=np.asarray(termination_prob, np.float32))

@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("worldsim.training.encode", "write a dataset's latent cache with a trained VAE"),
     "train dynamics": ("worldsim.training.train_dynamics", "train the action-conditioned DiT"),
     "train reward": ("worldsim.training.train_reward", "train the reward and termination model"),
+    "train refiner": ("worldsim.training.train_refiner",
+                      "train the frame refiner (draws the next frame with the last in view)"),
     "bundle": ("worldsim.world_model", "assemble a simulator bundle from trained parts"),
     "eval": ("worldsim.evaluation.report", "evaluate a checkpoint against real data"),
     "play": ("envs.play", "play the learned simulator (and the real game) with pygame"),

@@ -11,6 +11,8 @@ A checkpoint bundle is a directory::
     BUNDLE/reward/                     optional: the reward and termination model
                                        (worldsim.models.reward_model); when present it, not
                                        the dynamics model's heads, gives reward and termination
+    BUNDLE/refiner/                    optional: the frame refiner (worldsim.models.refiner),
+                                       which draws each frame with the previous one in view
     BUNDLE/start_contexts.safetensors  real start contexts from validation episodes:
                                        frames uint8 (N, K, H, W, 3), actions.<key> (N, K-1, ...)
 
@@ -22,6 +24,12 @@ A checkpoint bundle is a directory::
     out = wm.step(state, actions, generator)           # actions {key: (B, ...)}
     out.latents (B, C, h, w), out.reward (B,), out.termination_prob (B,), out.state
     frames = wm.decode(out.latents)                    # -> uint8 (B, H, W, 3)
+
+What a rollout shows goes through `render`, which uses the refiner when the bundle has one:
+
+    shown = wm.render_start(frames[:, -1], latents[:, -1])    # a reset shows the real frame
+    shown = wm.render(out.latents, shown)                     # every step after it
+    shown.frames (B, H, W, 3) uint8
 """
 
 from __future__ import annotations
@@ -48,6 +56,24 @@ class StepOutput:
     termination_prob: torch.Tensor  # (B,) probability that the new frame is terminal
     reward_probs: torch.Tensor      # (B, R) distribution over the reward support
     state: Any                      # the rollout state after the step (KV cache, positions)
+
+
+@dataclass
+class Rendered:
+    """What a batch of rollouts shows, and what the next `WorldModel.render` reads."""
+
+    frames: torch.Tensor   # uint8 (B, H, W, 3) the frames shown
+    decoded: torch.Tensor  # uint8 (B, H, W, 3) the VAE's plain decode of the same latents
+
+    def clone(self) -> Rendered:
+        return Rendered(self.frames.clone(), self.decoded.clone())
+
+    def __getitem__(self, rows) -> Rendered:
+        return Rendered(self.frames[rows], self.decoded[rows])
+
+    def assign(self, rows: torch.Tensor, other: Rendered) -> None:
+        """Replace `rows` with `other`'s frames (in place)."""
+        self.frames[rows], self.decoded[rows] = other.frames, other.decoded
 
 
 # Real start contexts shipped with a bundle: how many, and how many frames each (K frames and
@@ -86,9 +112,11 @@ class WorldModel:
     actions (next latent, reward, termination), decode. See the module docstring."""
 
     def __init__(self, vae, dynamics, config: dict[str, Any], start_frames: np.ndarray,
-                 start_actions: dict[str, np.ndarray], source: str = "", reward_model=None):
+                 start_actions: dict[str, np.ndarray], source: str = "", reward_model=None,
+                 refiner=None):
         self.vae, self.dynamics, self.config, self.source = vae, dynamics, config, source
         self.reward_model = reward_model  # None: the dynamics model's heads
+        self.refiner = refiner            # None: frames are the VAE's plain decodes
         self.observation_space: spaces.Box = space_from_json(config["observation_space"])
         self.action_space: spaces.Space = space_from_json(config["action_space"])
         self.action_keys = action_keys(self.action_space)
@@ -136,12 +164,18 @@ class WorldModel:
             reward_model, _ = load_reward_model(path / "reward", device=device,
                                                 action_space=config["action_space"],
                                                 vae_fingerprint=vae.fingerprint())
+        refiner = None
+        if (path / "refiner").is_dir():
+            from worldsim.models.refiner import load_refiner
+
+            refiner, _ = load_refiner(path / "refiner", device=device,
+                                      vae_fingerprint=vae.fingerprint())
         ctx = tensors["start_contexts"]
         frames = ctx["frames"].numpy()
         actions = {k[len("actions."):]: v.numpy() for k, v in ctx.items()
                    if k.startswith("actions.")}
         return cls(vae, dynamics, config, frames, actions, source=str(path),
-                   reward_model=reward_model)
+                   reward_model=reward_model, refiner=refiner)
 
     @classmethod
     def untrained(cls, observation_space: spaces.Box, action_space: spaces.Space, *,
@@ -214,6 +248,31 @@ class WorldModel:
         """Normalised latents (..., C, h, w) -> uint8 frames (..., H, W, 3) on the device."""
         return self.vae.decode_frames(latents)
 
+    @torch.no_grad()
+    def render_start(self, frames: np.ndarray | torch.Tensor, latents: torch.Tensor
+                     ) -> Rendered:
+        """What a rollout shows at its start: real frames (B, H, W, 3) uint8 and their latents
+        (B, C, h, w). With a refiner the real frames themselves; without one their decodes,
+        so that every frame a rollout shows comes from the same decoder."""
+        decoded = self.decode(latents)
+        if self.refiner is None:
+            return Rendered(decoded, decoded)
+        frames = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor)
+                                 else frames).to(decoded.device)
+        if frames.shape != decoded.shape:
+            raise ValueError(f"frames {tuple(frames.shape)} do not match the latents' decodes "
+                             f"{tuple(decoded.shape)}")
+        return Rendered(frames, decoded)
+
+    @torch.no_grad()
+    def render(self, latents: torch.Tensor, previous: Rendered | None = None) -> Rendered:
+        """The frames a rollout shows for new latents (B, C, h, w), given what it showed
+        before (`previous`; None: no history, the plain decode)."""
+        decoded = self.decode(latents)
+        if self.refiner is None or previous is None:
+            return Rendered(decoded, decoded)
+        return Rendered(self.refiner.refine(decoded, previous.frames, previous.decoded), decoded)
+
     # ------------------------------------------------------------------ actions
     def action_tensors(self, actions: dict[str, Any], batch_shape: tuple[int, ...]
                        ) -> dict[str, torch.Tensor]:
@@ -277,12 +336,12 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
                  data: str | Path, num_contexts: int = DEFAULT_START_CONTEXTS,
                  context_frames: int = DEFAULT_CONTEXT_FRAMES, seed: int = 0,
                  metrics: dict | None = None, num_steps: int | None = None,
-                 sampler: str | None = None, reward_checkpoint: str | Path | None = None
-                 ) -> Path:
+                 sampler: str | None = None, reward_checkpoint: str | Path | None = None,
+                 refiner_checkpoint: str | Path | None = None) -> Path:
     """Assemble a bundle from a VAE checkpoint, a dynamics checkpoint (EMA weights), optionally
-    a reward model checkpoint, and real start contexts drawn (seeded) from the validation
-    episodes of the dataset `data`. `num_steps` / `sampler`: the bundle's default sampler
-    settings (None: the dynamics model's). `metrics`: None takes those recorded in the
+    a reward model checkpoint and a frame refiner checkpoint, and real start contexts drawn
+    (seeded) from the validation episodes of the dataset `data`. `num_steps` / `sampler`: the
+    bundle's default sampler settings (None: the dynamics model's). `metrics`: None takes those recorded in the
     dynamics checkpoint."""
     import tempfile
 
@@ -310,8 +369,13 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
         reward_model, reward_meta = load_reward_model(
             reward_checkpoint, action_space=dyn_meta["action_space"],
             vae_fingerprint=vae.fingerprint())
-        parts["reward"] = ({k: v for k, v in reward_meta.items() if k not in ("checkpoint", "state")},
-                           {"model": reward_model.state_dict()})
+        parts["reward"] = _bundle_part(reward_meta, reward_model)
+    if refiner_checkpoint is not None:
+        from worldsim.models.refiner import load_refiner
+
+        refiner, refiner_meta = load_refiner(refiner_checkpoint,
+                                             vae_fingerprint=vae.fingerprint())
+        parts["refiner"] = _bundle_part(refiner_meta, refiner)
     rng = np.random.default_rng(seed)
     names = [n for n in store.split("val") if store.length(n) + 1 >= context_frames]
     if not names:
@@ -328,8 +392,7 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
     contexts.update({f"actions.{k}": torch.from_numpy(np.stack(v)) for k, v in actions.items()})
     with tempfile.TemporaryDirectory() as tmp:
         vae.save(Path(tmp) / "vae", metrics=vae_metrics(vae_checkpoint))
-        parts["dynamics"] = ({k: v for k, v in dyn_meta.items() if k not in ("checkpoint", "state")},
-                             {"model": dynamics.state_dict()})
+        parts["dynamics"] = _bundle_part(dyn_meta, dynamics)
         for name, (part_config, part_tensors) in parts.items():
             save_checkpoint(Path(tmp) / name, part_config, part_tensors)
         config = {
@@ -348,6 +411,13 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
         return save_checkpoint(out, config, {"start_contexts": contexts},
                                subdirectories={"vae": Path(tmp) / "vae",
                                                **{name: Path(tmp) / name for name in parts}})
+
+
+def _bundle_part(meta: dict, model: torch.nn.Module) -> tuple[dict, dict]:
+    """(config, tensors) of a trained part as a bundle stores it: the training checkpoint's
+    config without its file list and optimiser state, and the (EMA) weights as "model"."""
+    return ({k: v for k, v in meta.items() if k not in ("checkpoint", "state")},
+            {"model": model.state_dict()})
 
 
 def vae_metrics(path: str | Path) -> dict:
@@ -374,6 +444,9 @@ class BundleConfig:
     reward: Path | None = None
     """Reward model checkpoint or `worldsim train reward` run directory; without it the
     dynamics model's heads give reward and termination."""
+    refiner: Path | None = None
+    """Frame refiner checkpoint or `worldsim train refiner` run directory; without it frames
+    are the VAE's plain decodes."""
     num_contexts: int = DEFAULT_START_CONTEXTS
     """Real start contexts shipped for env resets."""
     context_frames: int = DEFAULT_CONTEXT_FRAMES
@@ -396,5 +469,6 @@ def main(argv: list[str] | None = None) -> None:
                        dynamics_checkpoint=resolve_checkpoint(cfg.dynamics), data=cfg.data,
                        num_contexts=cfg.num_contexts, context_frames=cfg.context_frames,
                        seed=cfg.seed, num_steps=cfg.sample_steps, sampler=cfg.sampler,
-                       reward_checkpoint=None if cfg.reward is None else resolve_checkpoint(cfg.reward))
+                       reward_checkpoint=None if cfg.reward is None else resolve_checkpoint(cfg.reward),
+                       refiner_checkpoint=None if cfg.refiner is None else resolve_checkpoint(cfg.refiner))
     print(f"bundle: {out}", flush=True)

@@ -125,7 +125,12 @@ class TeacherForcedRun:
 
     current, target:          uint8 (N, H, W, 3) real frames t and t+1
     current_vae, target_vae:  their VAE round trips (decode(encode(frame)))
-    dream:                    {sampler steps: uint8 (N, H, W, 3)} the predicted frame t+1
+    current_shown:            frame t as the simulator shows it after a reset there (the real
+                              frame with a frame refiner, else its round trip)
+    dream:                    {sampler steps: uint8 (N, H, W, 3)} the predicted frame t+1 as
+                              the simulator shows it (through the refiner if it has one)
+    dream_decoded:            the VAE's plain decode of the heads_steps prediction (without
+                              the refiner; the same as its `dream` when there is none)
     heads_steps:              the step count whose reward / termination are recorded
     reward_mode, reward_mean, termination_prob: (N,) the heads after that step (most likely
                               support value, expected value, probability of termination)
@@ -139,7 +144,9 @@ class TeacherForcedRun:
     target: np.ndarray
     current_vae: np.ndarray
     target_vae: np.ndarray
+    current_shown: np.ndarray
     dream: dict[int, np.ndarray]
+    dream_decoded: np.ndarray
     actions: dict[str, np.ndarray]
     rewards: np.ndarray
     terminated: np.ndarray
@@ -173,7 +180,8 @@ def teacher_forced(wm, episodes: Sequence[Episode], picks: np.ndarray, *, contex
     N = len(picks)
     H, W = episodes[0].frames.shape[1:3]
     frames = {name: np.zeros((N, H, W, 3), np.uint8)
-              for name in ("current", "target", "current_vae", "target_vae")}
+              for name in ("current", "target", "current_vae", "target_vae", "current_shown",
+                           "dream_decoded")}
     dream = {n: np.zeros((N, H, W, 3), np.uint8) for n in settings}
     counter = np.zeros((N, H, W, 3), np.uint8) if counterfactual_actions is not None else None
     reward_mode, reward_mean, term = (np.zeros(N, np.float32) for _ in range(3))
@@ -194,13 +202,16 @@ def teacher_forced(wm, episodes: Sequence[Episode], picks: np.ndarray, *, contex
             with autocast(wm.device, bf16):
                 latents = wm.encode(window)  # (B, k+1, C, h, w)
                 round_trip = wm.decode(latents[:, -2:]).cpu().numpy()
+                shown = wm.render_start(window[:, -2], latents[:, -2])
                 state = wm.start(latents[:, :k], ctx_actions,
                                  make_generator(wm.device, seed, chunk_id, 0))
                 for n in settings:
                     g = make_generator(wm.device, seed, chunk_id, 1, n)
                     out = wm.step(state.clone(), step_actions, g, num_steps=n)
-                    dream[n][rows] = wm.decode(out.latents).cpu().numpy()
+                    rendered = wm.render(out.latents, shown)
+                    dream[n][rows] = rendered.frames.cpu().numpy()
                     if n == heads_steps:
+                        frames["dream_decoded"][rows] = rendered.decoded.cpu().numpy()
                         probs = out.reward_probs.float()
                         reward_mode[rows] = support[probs.argmax(-1)].cpu().numpy()
                         reward_mean[rows] = out.reward.float().cpu().numpy()
@@ -209,11 +220,12 @@ def teacher_forced(wm, episodes: Sequence[Episode], picks: np.ndarray, *, contex
                     alt = {key: v[rows] for key, v in counterfactual_actions.items()}
                     g = make_generator(wm.device, seed, chunk_id, 2)
                     out = wm.step(state.clone(), alt, g, num_steps=heads_steps)
-                    counter[rows] = wm.decode(out.latents).cpu().numpy()
+                    counter[rows] = wm.render(out.latents, shown).frames.cpu().numpy()
             frames["current"][rows] = window[:, -2]
             frames["target"][rows] = window[:, -1]
             frames["current_vae"][rows] = round_trip[:, 0]
             frames["target_vae"][rows] = round_trip[:, 1]
+            frames["current_shown"][rows] = shown.frames.cpu().numpy()
             chunk_id += 1
     rewards = np.array([episodes[e].rewards[t] for e, t in picks], np.float32)
     terminated = np.array([episodes[e].terminated[t] for e, t in picks], bool)
@@ -252,6 +264,10 @@ def teacher_forced_metrics(run: TeacherForcedRun) -> dict[str, Any]:
             m[part]["psnr_of_mean_mse_gap_vs_copy_last_db"] = (
                 m[part]["psnr_of_mean_mse"] - out["copy_last"][part]["psnr_of_mean_mse"])
         out["num_steps"][str(n)] = m
+    plain = both(pair_metrics(run.target, run.dream_decoded))
+    for part in ("all", "changed"):
+        plain[part]["psnr_gap_vs_copy_last_db"] = plain[part]["psnr"] - out["copy_last"][part]["psnr"]
+    out["dream_decoded"] = plain  # the heads_steps prediction without the frame refiner
     return out
 
 
@@ -407,14 +423,15 @@ def open_loop(wm, episodes: Sequence[Episode], *, context: int, horizons: Sequen
         ctx_actions = {k: np.stack([np.asarray(episodes[e].actions[k][s:s + context - 1])
                                     for e, s in rows]) for k in episodes[0].actions}
         with autocast(wm.device, bf16):
-            state = wm.start(wm.encode(ctx), ctx_actions, make_generator(wm.device, seed, c, 0))
+            latents = wm.encode(ctx)
+            state = wm.start(latents, ctx_actions, make_generator(wm.device, seed, c, 0))
+            shown = wm.render_start(ctx[:, -1], latents[:, -1])
             g = make_generator(wm.device, seed, c, 1)
-            latents = []
             for j in range(L):
                 acts = {k: np.stack([np.asarray(episodes[e].actions[k][s + context - 1 + j])
                                      for e, s in rows]) for k in episodes[0].actions}
-                latents.append(wm.step(state, acts, g, num_steps=num_steps).latents)
-            dream[i:i + batch_size] = wm.decode(torch.stack(latents, 1)).cpu().numpy()
+                shown = wm.render(wm.step(state, acts, g, num_steps=num_steps).latents, shown)
+                dream[i:i + batch_size, j] = shown.frames.cpu().numpy()
     real_vae = round_trip(wm, real.reshape(-1, H, W, 3), bf16).reshape(real.shape)
     return OpenLoopRun(starts=starts, context=context, horizons=kept, real=real, dream=dream,
                        real_vae=real_vae, last_context=last, skipped_horizons=skipped)
@@ -535,22 +552,28 @@ def consistency(wm, store: EpisodeStore, episodes: Sequence[Episode], *, context
     start = ctx[:, -1].copy()
     dream_turn, dream_return, forget_return = {}, {}, {}
     with autocast(wm.device, bf16):
-        state0 = wm.start(wm.encode(ctx), ctx_actions, make_generator(wm.device, seed, 0))
+        latents = wm.encode(ctx)
+        state0 = wm.start(latents, ctx_actions, make_generator(wm.device, seed, 0))
+        shown0 = wm.render_start(start, latents[:, -1])
         for k in ks:
-            state = state0.clone()
+            state, shown = state0.clone(), shown0
             g = make_generator(wm.device, seed, 1, k)
             for _ in range(k):
                 turn = wm.step(state, {"action": out_a}, g, num_steps=num_steps).latents
+                shown = wm.render(turn, shown)
+            dream_turn[k], turned = shown.frames.cpu().numpy(), shown
             for _ in range(k):
                 back = wm.step(state, {"action": back_a}, g, num_steps=num_steps).latents
-            dream_turn[k] = wm.decode(turn).cpu().numpy()
-            dream_return[k] = wm.decode(back).cpu().numpy()
+                shown = wm.render(back, shown)
+            dream_return[k] = shown.frames.cpu().numpy()
             # The same dream with its memory cut at the turning point: it sees only the view
             # it reached, so whatever of the start is out of that view must be invented.
             forget = wm.start(turn[:, None], None, make_generator(wm.device, seed, 2, k))
+            shown = turned
             for _ in range(k):
                 back = wm.step(forget, {"action": back_a}, g, num_steps=num_steps).latents
-            forget_return[k] = wm.decode(back).cpu().numpy()
+                shown = wm.render(back, shown)
+            forget_return[k] = shown.frames.cpu().numpy()
     H, W = start.shape[1:3]
     real_turn = {k: np.zeros((S, H, W, 3), np.uint8) for k in ks}
     real_return = {k: np.zeros((S, H, W, 3), np.uint8) for k in ks}
@@ -759,10 +782,13 @@ def stability(wm, reference: StabilityReference, *, steps: int, rollouts: int, e
     previous = frames[:, -1]
     g = make_generator(wm.device, seed, 42)
     with autocast(wm.device, bf16):
-        state = wm.start(wm.encode(frames), actions, make_generator(wm.device, seed, 43))
+        latents = wm.encode(frames)
+        state = wm.start(latents, actions, make_generator(wm.device, seed, 43))
+        shown = wm.render_start(frames[:, -1], latents[:, -1])
         for i in range(1, steps + 1):
             act = stack_actions(wm.action_space, policy.act(previous, rng))
-            frame = wm.decode(wm.step(state, act, g, num_steps=num_steps).latents).cpu().numpy()
+            shown = wm.render(wm.step(state, act, g, num_steps=num_steps).latents, shown)
+            frame = shown.frames.cpu().numpy()
             stats = frame_statistics(frame, previous, reference.histogram)
             for name in STATISTICS:
                 values[name][:, i - 1] = stats[name]

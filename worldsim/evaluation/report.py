@@ -378,6 +378,13 @@ class Evaluation:
                          _f(e["all"]["psnr"]), _f(e["all"]["ssim"], 3),
                          _f(e["all"]["psnr_of_mean_mse"]), _f(e["changed"]["psnr"]),
                          _f(e["changed"]["ssim"], 3), _f(e["changed"]["psnr_gap_vs_copy_last_db"])])
+        if self.wm.refiner is not None:
+            e = m["dream_decoded"]
+            rows.append([f"dream, {self.heads_steps} step{'s' * (self.heads_steps > 1)}, plain "
+                         "VAE decode (no frame refiner)", _f(e["all"]["psnr"]),
+                         _f(e["all"]["ssim"], 3), _f(e["all"]["psnr_of_mean_mse"]),
+                         _f(e["changed"]["psnr"]), _f(e["changed"]["ssim"], 3),
+                         _f(e["changed"]["psnr_gap_vs_copy_last_db"])])
         for name, key in (("copy-last baseline", "copy_last"),
                           ("copy-last through the VAE (a dream of no change)", "copy_last_vae"),
                           ("VAE round trip (ceiling)", "vae_ceiling")):
@@ -552,7 +559,7 @@ class Evaluation:
         target = run.actions["action"].astype(np.int64) - int(self.wm.action_space.start)
         pred = {"real": idm.predict(run.current, run.target),
                 "vae": idm.predict(run.current_vae, run.target_vae),
-                "dream": idm.predict(run.current_vae, run.dream[self.heads_steps])}
+                "dream": idm.predict(run.current_shown, run.dream[self.heads_steps])}
         tables = {k: accuracy_table(v, target, n, names) for k, v in pred.items()}
         right = pred["real"] == target
         where = accuracy_table(pred["dream"][right], target[right], n, names)
@@ -560,14 +567,14 @@ class Evaluation:
         if run.counterfactual is not None:
             alt = run.counterfactual_actions["action"].astype(np.int64) - int(
                 self.wm.action_space.start)
-            counter = accuracy_table(idm.predict(run.current_vae, run.counterfactual), alt, n,
+            counter = accuracy_table(idm.predict(run.current_shown, run.counterfactual), alt, n,
                                      names)
         ratio = tables["dream"]["accuracy"] / tables["real"]["accuracy"] \
             if tables["real"]["accuracy"] > 0 else float("nan")
         ratio_vae = tables["dream"]["accuracy"] / tables["vae"]["accuracy"] \
             if tables["vae"]["accuracy"] > 0 else float("nan")
         # the same dream transitions sampled with each step count of the teacher-forced run
-        by_steps = {str(k): accuracy_table(idm.predict(run.current_vae, frames), target, n,
+        by_steps = {str(k): accuracy_table(idm.predict(run.current_shown, frames), target, n,
                                            names)["accuracy"] / max(tables["real"]["accuracy"], 1e-9)
                     for k, frames in sorted(run.dream.items())}
         m = {"idm": info, "real_validation": real_all, "paired": tables,
@@ -598,8 +605,11 @@ class Evaluation:
             "difference) is trained once on real transitions of the training split and cached "
             f"by the data's fingerprint (`{info['path']}`, {trained}). It then names the action "
             "of real validation transitions and of dream transitions: the next frame imagined "
-            "from the real context with the recorded action. The dream's pair is (VAE round "
-            "trip of frame t, dream frame t+1), so the 'VAE round trip' column, both frames "
+            "from the real context with the recorded action. The dream's pair is (frame t as "
+            "the simulator shows it after a reset there, dream frame t+1): "
+            + ("the real frame t, since this bundle's frame refiner draws each frame with the "
+               "one before in view" if self.wm.refiner is not None else
+               "the VAE round trip of frame t") + ". The 'VAE round trip' column, both frames "
             "through the decoder, isolates what the decoder alone costs.\n\n"
             + _table(["IDM on", "accuracy", "macro accuracy", "transitions"], [
                 ["real, all validation transitions", _pct(real_all["accuracy"]),

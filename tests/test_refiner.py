@@ -1,0 +1,125 @@
+"""The frame refiner: its blend, its training run, and a bundle that carries it through the
+world model, the envs and the evaluation."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from worldsim.models.refiner import FrameRefiner, RefinerConfig, to_float, to_uint8
+from worldsim.training.checkpoint import CheckpointError
+
+
+def _frames(seed: int, n: int = 3, size: int = 16) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, size, size, 3), generator=g, dtype=torch.uint8)
+
+
+def test_fresh_refiner_shows_nearly_the_plain_decode():
+    refiner = FrameRefiner(RefinerConfig(width=16, blocks=1, groups=4)).eval()
+    decoded, previous, previous_decoded = _frames(0), _frames(1), _frames(2)
+    out = refiner.refine(decoded, previous, previous_decoded)
+    assert out.shape == decoded.shape and out.dtype == torch.uint8
+    # mask starts at sigmoid(-4) = 0.018: at most 0.018 * 255 = 4.6 levels from the decode
+    assert (out.int() - decoded.int()).abs().max() <= 5
+
+
+def test_a_full_copy_mask_returns_the_previous_frame_exactly():
+    refiner = FrameRefiner(RefinerConfig(width=16, blocks=1, groups=4)).eval()
+    with torch.no_grad():
+        refiner.out.bias.view(4, -1)[0] = 40.0  # mask logit: sigmoid = 1 in float32
+    previous = _frames(1)
+    assert torch.equal(refiner.refine(_frames(0), previous, _frames(2)), previous)
+
+
+def test_frames_round_trip_between_uint8_and_float():
+    frames = _frames(3)
+    x = to_float(frames)
+    assert x.shape == (3, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
+    assert torch.equal(to_uint8(x), frames)
+
+
+def test_odd_frame_sizes_are_refused_with_the_patch_named():
+    refiner = FrameRefiner(RefinerConfig(width=16, blocks=1, groups=4))
+    x = torch.zeros(1, 3, 15, 16)
+    with pytest.raises(ValueError, match="patch 2"):
+        refiner(x, x, x)
+
+
+def test_train_refiner_then_bundle_uses_it(tiny_bundle, tmp_path):
+    from tiny_bundle import tiny_train
+
+    from envs.world_model_env import WorldModelEnv
+    from worldsim.models.refiner import load_refiner
+    from worldsim.training.loop import setup, train
+    from worldsim.training.train_refiner import RefinerTask, TrainRefinerConfig
+    from worldsim.world_model import WorldModel, build_bundle
+    from worldsim.world_model import main as bundle_main
+
+    root = tiny_bundle.parent.parent  # root/run-dyn/bundle
+    cfg = TrainRefinerConfig(data=root / "data", checkpoint=tiny_bundle,
+                             out=tmp_path / "run-refiner", context=2, pool=48, val_pool=16,
+                             width=16, blocks=1, train=tiny_train(40, 8))
+    cfg.train.eval_every = 40
+    ctx = setup(cfg.train)
+    task = RefinerTask(cfg, ctx.device)
+    batch = task.sample_batch(np.random.default_rng(0), 16)
+    with torch.no_grad():
+        before = float(task.loss(task.model, batch)[0])
+    result = train(task, cfg.train, cfg.out, ctx)
+    with torch.no_grad():
+        after = float(task.loss(load_refiner(cfg.out)[0], batch)[0])
+    assert after < before
+    assert {"step1_psnr_changed_refined", "step1_psnr_changed_decoded",
+            "step2_psnr_changed_copy_last"} <= set(result.metrics)
+    assert (cfg.out / "pool" / "config.json").exists()  # sampled once, kept for a resume
+
+    # a pool sampled with other settings is not silently reused
+    other = TrainRefinerConfig(data=cfg.data, checkpoint=cfg.checkpoint, out=cfg.out,
+                               context=2, pool=40, val_pool=16, width=16, blocks=1,
+                               train=cfg.train)
+    with pytest.raises(CheckpointError, match="other settings"):
+        RefinerTask(other, ctx.device)._pool("train")
+
+    bundle_main(["--vae", str(root / "run-vae"), "--dynamics", str(root / "run-dyn"),
+                 "--data", str(root / "data"), "--refiner", str(cfg.out), "--num-contexts", "2",
+                 "--context-frames", "2", "--out", str(tmp_path / "bundle")])
+    wm = WorldModel.load(tmp_path / "bundle")
+    assert wm.refiner is not None
+
+    # a reset shows the real start frame; a step shows the refiner's frame
+    env = WorldModelEnv(wm)
+    obs, info = env.reset(seed=0)
+    np.testing.assert_array_equal(obs, wm.start_frames[info["context_index"], -1])
+    obs, *_ = env.step(1)
+    latents = env._sim.state.last_latents
+    decoded = wm.decode(latents)[0].cpu().numpy()
+    assert obs.shape == decoded.shape and not np.array_equal(obs, decoded)
+    # snapshots keep what is shown, so a restored env replays the same frames
+    snap = env.get_state()
+    first, *_ = env.step(2)
+    env.set_state(snap)
+    again, *_ = env.step(2)
+    np.testing.assert_array_equal(first, again)
+
+    # the evaluation reports the dream with and without the refiner
+    from worldsim.evaluation import report
+
+    report.main(["--checkpoint", str(tmp_path / "bundle"), "--data", str(root / "data"),
+                 "--parts", "teacher_forced", "open_loop", "--quick", "--out", str(tmp_path / "eval")])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert "dream_decoded" in metrics["teacher_forced"]
+    assert "no frame refiner" in (tmp_path / "eval" / "report.md").read_text()
+
+    # a refiner trained on another VAE's decodes does not go into this bundle
+    from worldsim.training.checkpoint import save_checkpoint
+
+    refiner = FrameRefiner(RefinerConfig(width=8, blocks=1, groups=4))
+    save_checkpoint(tmp_path / "other", {"kind": "refiner", "refiner": refiner.cfg.to_dict(),
+                                         "vae_fingerprint": "0" * 16},
+                    {"model": refiner.state_dict()})
+    with pytest.raises(CheckpointError, match="latents of VAE"):
+        build_bundle(tmp_path / "bundle2", vae_checkpoint=root / "run-vae",
+                     dynamics_checkpoint=tiny_bundle / "dynamics", data=root / "data",
+                     num_contexts=2, context_frames=2, refiner_checkpoint=tmp_path / "other")

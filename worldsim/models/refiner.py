@@ -1,0 +1,130 @@
+"""The frame refiner: draws the next frame with the previous shown frame in view.
+
+The frame VAE decodes every latent on its own, so every frame it draws carries the decoder's
+error (35 dB on held-out Crafter frames). Between two Crafter frames most pixels do not change,
+and the last frame shown is known exactly: it is the real frame at a reset and the refiner's
+own output afterwards. A decoder that reads only the new latent cannot copy those pixels; this
+model can. It reads three frames and returns the next one to show:
+
+    decoded_next      D(z_{t+1}): the VAE's decode of the new (dreamt) latent
+    previous_frame    x_t: the frame shown before (real at a reset, else this model's output)
+    previous_decoded  D(z_t): the VAE's decode of the previous latent
+
+and blends, per pixel,
+
+    x_{t+1} = m * x_t + (1 - m) * (D(z_{t+1}) + r)          m, r = net(the three frames)
+
+Where D(z_{t+1}) and D(z_t) agree the net learns m = 1 and copies the exact pixels; where the
+dream changed the picture it keeps the decode and corrects it with r. The last layer starts
+at m ~ 0 and r = 0, so an untrained refiner shows the plain decode.
+
+Shapes: frames (B, 3, H, W) float in [-1, 1] (`forward`) or uint8 (..., H, W, 3) (`refine`).
+The trunk runs on 2x2 pixel patches (space-to-depth), so H and W must be even; it is a few
+ResBlocks wide, since it runs on every imagined frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from worldsim.models.layers import ResBlock
+
+# Initial bias of the copy-mask logit: sigmoid(-4) = 0.018, so training starts from the plain
+# decode rather than from a half-and-half blend of the two frames.
+MASK_BIAS_INIT = -4.0
+
+
+@dataclass
+class RefinerConfig:
+    """Width and depth of the frame refiner."""
+
+    width: int = 64
+    """Channels of the trunk."""
+    blocks: int = 4
+    """ResBlocks in the trunk."""
+    patch: int = 2
+    """Space-to-depth factor: the trunk runs at H/patch x W/patch."""
+    groups: int = 8
+    """GroupNorm groups."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class FrameRefiner(nn.Module):
+    """(decoded_next, previous_frame, previous_decoded) -> the next frame to show. See the
+    module docstring."""
+
+    def __init__(self, cfg: RefinerConfig = RefinerConfig()):
+        super().__init__()
+        self.cfg = cfg
+        p, D = cfg.patch, cfg.width
+        self.inp = nn.Conv2d(9 * p * p, D, 3, padding=1)
+        self.body = nn.Sequential(*[ResBlock(D, D, cfg.groups) for _ in range(cfg.blocks)])
+        self.out = nn.Conv2d(D, 4 * p * p, 3, padding=1)  # per pixel: mask logit + residual
+        nn.init.zeros_(self.out.weight)
+        with torch.no_grad():
+            self.out.bias.zero_()
+            self.out.bias.view(4, p * p)[0] = MASK_BIAS_INIT
+
+    @property
+    def device(self) -> torch.device:
+        return self.out.weight.device
+
+    def forward(self, decoded_next: torch.Tensor, previous_frame: torch.Tensor,
+                previous_decoded: torch.Tensor) -> torch.Tensor:
+        """Three (B, 3, H, W) frames in [-1, 1] -> the next frame (B, 3, H, W)."""
+        H, W = decoded_next.shape[-2:]
+        p = self.cfg.patch
+        if H % p or W % p:
+            raise ValueError(f"frame size {H}x{W} is not divisible by the refiner's patch {p}")
+        x = torch.cat([decoded_next, previous_frame, previous_decoded], 1)  # (B, 9, H, W)
+        x = rearrange(x, "b k (h p1) (w p2) -> b (k p1 p2) h w", p1=p, p2=p)
+        h = self.out(F.silu(self.body(self.inp(x))))
+        h = rearrange(h, "b (k p1 p2) h w -> b k (h p1) (w p2)", p1=p, p2=p)  # (B, 4, H, W)
+        mask = torch.sigmoid(h[:, :1].float())
+        drawn = decoded_next.float() + h[:, 1:].float()
+        return mask * previous_frame.float() + (1 - mask) * drawn
+
+    @torch.no_grad()
+    def refine(self, decoded_next: torch.Tensor, previous_frame: torch.Tensor,
+               previous_decoded: torch.Tensor) -> torch.Tensor:
+        """The same on uint8 frames (..., H, W, 3) -> uint8 (..., H, W, 3), on the refiner's
+        device. No autograd; wrap in `worldsim.runtime.autocast` for bf16."""
+        lead = decoded_next.shape[:-3]
+        frames = [to_float(f.reshape(-1, *f.shape[-3:]).to(self.device))
+                  for f in (decoded_next, previous_frame, previous_decoded)]
+        return to_uint8(self(*frames)).reshape(*lead, *decoded_next.shape[-3:])
+
+
+def to_float(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
+    return rearrange(frames, "b h w k -> b k h w").float() / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3)."""
+    x = ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return rearrange(x, "b k h w -> b h w k").contiguous()
+
+
+def load_refiner(directory, device: str | torch.device = "cpu",
+                 vae_fingerprint: str | None = None) -> tuple[FrameRefiner, dict]:
+    """A `FrameRefiner` from a checkpoint directory: a bundle's `refiner/`, a training
+    checkpoint (EMA weights) or a run directory (its newest checkpoint). Strict; with
+    `vae_fingerprint`, it must have been trained on that VAE's decodes."""
+    from worldsim.training.checkpoint import dataclass_from_dict, load_state_dict_strict
+    from worldsim.training.loop import read_model_checkpoint
+
+    directory, meta, group, tensors = read_model_checkpoint(
+        directory, "refiner", keys=("refiner",), name="frame refiner",
+        vae_fingerprint=vae_fingerprint)
+    config = dataclass_from_dict(RefinerConfig, meta["refiner"], "refiner config")
+    model = FrameRefiner(config)
+    load_state_dict_strict(model, tensors, f"{directory}/{group}.safetensors")
+    return model.to(device).eval(), meta
