@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from worldsim.models.refiner import FrameRefiner, RefinerConfig, to_float, to_uint8
+from worldsim.models.refiner import FrameRefiner, RefinerConfig
+from worldsim.models.vae import frames_to_images, images_to_frames
 from worldsim.training.checkpoint import CheckpointError
 
 
@@ -35,9 +36,9 @@ def test_a_full_copy_mask_returns_the_previous_frame_exactly():
 
 def test_frames_round_trip_between_uint8_and_float():
     frames = _frames(3)
-    x = to_float(frames)
+    x = frames_to_images(frames)
     assert x.shape == (3, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
-    assert torch.equal(to_uint8(x), frames)
+    assert torch.equal(images_to_frames(x), frames)
 
 
 def test_odd_frame_sizes_are_refused_with_the_patch_named():

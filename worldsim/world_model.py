@@ -249,12 +249,13 @@ class WorldModel:
         return self.vae.decode_frames(latents)
 
     @torch.no_grad()
-    def render_start(self, frames: np.ndarray | torch.Tensor, latents: torch.Tensor
-                     ) -> Rendered:
+    def render_start(self, frames: np.ndarray | torch.Tensor, latents: torch.Tensor,
+                     decoded: torch.Tensor | None = None) -> Rendered:
         """What a rollout shows at its start: real frames (B, H, W, 3) uint8 and their latents
         (B, C, h, w). With a refiner the real frames themselves; without one their decodes,
-        so that every frame a rollout shows comes from the same decoder."""
-        decoded = self.decode(latents)
+        so that every frame a rollout shows comes from the same decoder. `decoded`: the
+        latents' decodes if the caller already has them."""
+        decoded = self.decode(latents) if decoded is None else decoded
         if self.refiner is None:
             return Rendered(decoded, decoded)
         frames = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor)

@@ -201,8 +201,9 @@ def teacher_forced(wm, episodes: Sequence[Episode], picks: np.ndarray, *, contex
             step_actions = _actions_at(episodes, picks[rows])
             with autocast(wm.device, bf16):
                 latents = wm.encode(window)  # (B, k+1, C, h, w)
-                round_trip = wm.decode(latents[:, -2:]).cpu().numpy()
-                shown = wm.render_start(window[:, -2], latents[:, -2])
+                decoded = wm.decode(latents[:, -2:])
+                round_trip = decoded.cpu().numpy()
+                shown = wm.render_start(window[:, -2], latents[:, -2], decoded[:, 0])
                 state = wm.start(latents[:, :k], ctx_actions,
                                  make_generator(wm.device, seed, chunk_id, 0))
                 for n in settings:

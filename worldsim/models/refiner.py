@@ -33,6 +33,7 @@ from einops import rearrange
 from torch import nn
 
 from worldsim.models.layers import ResBlock
+from worldsim.models.vae import frames_to_images, images_to_frames
 
 # Initial bias of the copy-mask logit: sigmoid(-4) = 0.018, so training starts from the plain
 # decode rather than from a half-and-half blend of the two frames.
@@ -97,20 +98,9 @@ class FrameRefiner(nn.Module):
         """The same on uint8 frames (..., H, W, 3) -> uint8 (..., H, W, 3), on the refiner's
         device. No autograd; wrap in `worldsim.runtime.autocast` for bf16."""
         lead = decoded_next.shape[:-3]
-        frames = [to_float(f.reshape(-1, *f.shape[-3:]).to(self.device))
+        frames = [frames_to_images(f.reshape(-1, *f.shape[-3:]).to(self.device))
                   for f in (decoded_next, previous_frame, previous_decoded)]
-        return to_uint8(self(*frames)).reshape(*lead, *decoded_next.shape[-3:])
-
-
-def to_float(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
-    return rearrange(frames, "b h w k -> b k h w").float() / 127.5 - 1.0
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3)."""
-    x = ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return rearrange(x, "b k h w -> b h w k").contiguous()
+        return images_to_frames(self(*frames)).reshape(*lead, *decoded_next.shape[-3:])
 
 
 def load_refiner(directory, device: str | torch.device = "cpu",

@@ -85,6 +85,17 @@ class VAEConfig:
         self.stem_factor = derived
 
 
+def frames_to_images(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames (B, H, W, 3) -> float images (B, 3, H, W) in [-1, 1]."""
+    return rearrange(frames, "b h w k -> b k h w").float() / 127.5 - 1.0
+
+
+def images_to_frames(x: torch.Tensor) -> torch.Tensor:
+    """float images (B, 3, H, W) in about [-1, 1] -> uint8 frames (B, H, W, 3)."""
+    x = ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return rearrange(x, "b k h w -> b h w k").contiguous()
+
+
 def _as_tensor(data: torch.Tensor | np.ndarray) -> torch.Tensor:
     """A tensor view of `data`; read-only arrays (memory-mapped episodes) are copied first,
     since torch tensors must be writable."""
@@ -240,8 +251,7 @@ class VAE(nn.Module):
                              f"{tuple(frames.shape)}")
         lead = frames.shape[:-3]
         x = frames.reshape(-1, *frames.shape[-3:]).to(self.device, non_blocking=True)
-        x = rearrange(x, "b h w k -> b k h w").float() / 127.5 - 1.0
-        z = self.encode(x).float()
+        z = self.encode(frames_to_images(x)).float()
         return z.reshape(*lead, *z.shape[1:]).contiguous()
 
     @torch.no_grad()
@@ -253,9 +263,7 @@ class VAE(nn.Module):
             raise ValueError(f"expected latents (..., C, h, w), got {tuple(latents.shape)}")
         lead = latents.shape[:-3]
         z = latents.reshape(-1, *latents.shape[-3:]).to(self.device, non_blocking=True)
-        x = self.decode(z).float()
-        frames = ((x + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-        frames = rearrange(frames, "b k h w -> b h w k")
+        frames = images_to_frames(self.decode(z))
         return frames.reshape(*lead, *frames.shape[1:]).contiguous()
 
     # ------------------------------------------------------------------ calibration
@@ -269,8 +277,7 @@ class VAE(nn.Module):
         total_sq = torch.zeros_like(total)
         count = 0
         for i in range(0, len(frames), batch_size):
-            x = _as_tensor(frames[i:i + batch_size]).to(self.device)
-            x = rearrange(x, "b h w k -> b k h w").float() / 127.5 - 1.0
+            x = frames_to_images(_as_tensor(frames[i:i + batch_size]).to(self.device))
             z = self.posterior(x).mean.double().cpu()
             total += z.sum(dim=(0, 2, 3))
             total_sq += z.pow(2).sum(dim=(0, 2, 3))

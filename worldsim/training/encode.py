@@ -60,6 +60,21 @@ def vae_description(vae: VAE, path: str | Path, frame_shape: tuple[int, ...]) ->
             "dtype": "float16", **vae.describe()}
 
 
+def ensure_latents(vae: VAE, store: EpisodeStore, vae_path: str | Path, is_main: bool = True
+                   ) -> str:
+    """The latent cache tag of `vae` on `store`, encoding the episodes it lacks first (on the
+    main process; other ranks of a distributed run cannot, and say how to). Training tasks
+    that read latents call this at construction."""
+    tag = latent_tag(vae)
+    if any(not store.has_latents(tag, n) for n in store.names):
+        if not is_main:
+            raise RuntimeError(f"{store.root} lacks latents for VAE {tag}; run "
+                               f"`worldsim encode --vae {vae_path} --data {store.root}` first")
+        print(f"encoding {store.root} with VAE {tag} (the latent cache is missing)", flush=True)
+        encode_dataset(vae, store, vae_path=vae_path)
+    return tag
+
+
 def encode_dataset(vae: VAE, store: EpisodeStore, batch: int = 256, bf16: bool = False,
                    vae_path: str | Path = "", progress: bool = True) -> dict:
     """Encode every episode of `store` not yet in the cache. Returns a summary dict

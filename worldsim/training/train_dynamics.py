@@ -44,7 +44,7 @@ from worldsim.models.vae import VAE
 from worldsim.runtime import autocast
 from worldsim.spaces import space_to_json
 from worldsim.training.checkpoint import dataset_fingerprint
-from worldsim.training.encode import encode_dataset, latent_tag
+from worldsim.training.encode import ensure_latents
 from worldsim.training.loop import TrainConfig, TrainingTask, setup, train
 
 
@@ -116,14 +116,7 @@ class DynamicsTask(TrainingTask):
         self.cfg, self.device = cfg, torch.device(device)
         self.store = EpisodeStore(cfg.data)
         self.vae = VAE.from_checkpoint(cfg.vae, device=self.device)
-        self.tag = latent_tag(self.vae)
-        if any(not self.store.has_latents(self.tag, n) for n in self.store.names):
-            if not is_main:
-                raise RuntimeError(f"{cfg.data} lacks latents for VAE {self.tag}; run "
-                                   f"`worldsim encode --vae {cfg.vae} --data {cfg.data}` first")
-            print(f"encoding {cfg.data} with VAE {self.tag} (the latent cache is missing)",
-                  flush=True)
-            encode_dataset(self.vae, self.store, vae_path=cfg.vae)
+        self.tag = ensure_latents(self.vae, self.store, cfg.vae, is_main)
         initial = None if cfg.init_from is None else self._initial_model(cfg.init_from)
         model_window = cfg.dit.window if initial is None else initial.config.dit.window
         window = cfg.window or model_window

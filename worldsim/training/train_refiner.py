@@ -28,7 +28,8 @@ from torch import nn
 
 from worldsim.data.store import EpisodeStore, WindowDataset
 from worldsim.evaluation.fidelity import pair_metrics
-from worldsim.models.refiner import FrameRefiner, RefinerConfig, to_float, to_uint8
+from worldsim.models.refiner import FrameRefiner, RefinerConfig
+from worldsim.models.vae import frames_to_images, images_to_frames
 from worldsim.runtime import autocast
 from worldsim.training.checkpoint import (
     CheckpointError,
@@ -36,7 +37,7 @@ from worldsim.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from worldsim.training.encode import encode_dataset, latent_tag
+from worldsim.training.encode import ensure_latents
 from worldsim.training.loop import TrainConfig, TrainingTask, setup, train
 
 # log(MSE + eps) of frames in [-1, 1]: eps = 1e-5 caps a frame's PSNR term near 56 dB, so an
@@ -95,12 +96,7 @@ class RefinerTask(TrainingTask):
         self.cfg, self.device = cfg, torch.device(device)
         self.store = EpisodeStore(cfg.data)
         self.wm = WorldModel.load(cfg.checkpoint, device=self.device)
-        self.tag = latent_tag(self.wm.vae)
-        if any(not self.store.has_latents(self.tag, n) for n in self.store.names):
-            if not is_main:
-                raise RuntimeError(f"{cfg.data} lacks latents for VAE {self.tag}; run "
-                                   f"`worldsim encode` first")
-            encode_dataset(self.wm.vae, self.store, vae_path=Path(cfg.checkpoint) / "vae")
+        self.tag = ensure_latents(self.wm.vae, self.store, Path(cfg.checkpoint) / "vae", is_main)
         self.num_steps = int(cfg.sampling_steps or self.wm.num_steps)
         self.model_config = RefinerConfig(width=cfg.width, blocks=cfg.blocks)
         self.model = FrameRefiner(self.model_config).to(self.device)
@@ -195,7 +191,7 @@ class RefinerTask(TrainingTask):
         """The six frames (see POOL_FRAMES) of `batch_size` pool examples, float (B, 3, H, W)."""
         pool = self._pool("train")
         rows = torch.from_numpy(rng.integers(0, len(pool["frame_t"]), batch_size))
-        return {name: to_float(pool[name][rows].to(self.device)) for name in POOL_FRAMES}
+        return {name: frames_to_images(pool[name][rows].to(self.device)) for name in POOL_FRAMES}
 
     @staticmethod
     def unroll(model: nn.Module, batch: dict[str, torch.Tensor]
@@ -222,9 +218,9 @@ class RefinerTask(TrainingTask):
         pool = self._pool("val")
         out: dict[str, list[np.ndarray]] = {"step1": [], "step2": []}
         for i in range(0, len(pool["frame_t"]), 256):
-            batch = {k: to_float(v[i:i + 256].to(self.device)) for k, v in pool.items()}
+            batch = {k: frames_to_images(v[i:i + 256].to(self.device)) for k, v in pool.items()}
             for name, frames in zip(out, self.unroll(model, batch), strict=True):
-                out[name].append(to_uint8(frames).cpu().numpy())
+                out[name].append(images_to_frames(frames).cpu().numpy())
         refined = {k: np.concatenate(v) for k, v in out.items()}
         metrics: dict[str, float] = {}
         for step, (target, decoded, previous) in {

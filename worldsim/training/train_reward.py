@@ -37,7 +37,7 @@ from worldsim.models.vae import VAE
 from worldsim.runtime import autocast
 from worldsim.spaces import space_to_json
 from worldsim.training.checkpoint import dataset_fingerprint
-from worldsim.training.encode import encode_dataset, latent_tag
+from worldsim.training.encode import ensure_latents
 from worldsim.training.loop import TrainConfig, TrainingTask, setup, train
 from worldsim.world_model import load_dynamics
 
@@ -98,12 +98,7 @@ class RewardTask(TrainingTask):
         self.cfg, self.device = cfg, torch.device(device)
         self.store = EpisodeStore(cfg.data)
         self.vae = VAE.from_checkpoint(_vae_path(Path(cfg.vae)), device=self.device)
-        self.tag = latent_tag(self.vae)
-        if any(not self.store.has_latents(self.tag, n) for n in self.store.names):
-            if not is_main:
-                raise RuntimeError(f"{cfg.data} lacks latents for VAE {self.tag}; run "
-                                   f"`worldsim encode` first")
-            encode_dataset(self.vae, self.store, vae_path=cfg.vae)
+        self.tag = ensure_latents(self.vae, self.store, cfg.vae, is_main)
         self.dynamics = None if cfg.dynamics is None else load_dynamics(
             cfg.dynamics, device=self.device, vae_fingerprint=self.vae.fingerprint())[0]
         length = cfg.context + 1 if self.dynamics is not None else 2
