@@ -822,6 +822,9 @@ class PlayConfig:
     """Env id the checkpoint is given to."""
     sampling_steps: int | None = None
     """Sampler steps per dream frame (default: the bundle's); fewer is faster and blurrier."""
+    bf16: bool = False
+    """Run the dream's networks under bfloat16 autocast: faster on CPUs with bf16 matrix units
+    (AMX), possibly slower elsewhere (benchmarks/play_fps.py measures both)."""
     loop: Annotated[LoopSettings, tyro.conf.OmitArgPrefixes] = field(default_factory=LoopSettings)
     """How the loop runs: pacing, scale, recording, limits."""
 
@@ -829,11 +832,11 @@ class PlayConfig:
 BUNDLED_DREAM_ID = "worldsim/CrafterDream-v0"
 
 
-def make_bundled_dream(num_sampling_steps: int | None = None) -> gym.Env:
+def make_bundled_dream(num_sampling_steps: int | None = None, bf16: bool = False) -> gym.Env:
     import envs  # noqa: F401
 
     try:
-        return gym.make(BUNDLED_DREAM_ID, num_sampling_steps=num_sampling_steps)
+        return gym.make(BUNDLED_DREAM_ID, num_sampling_steps=num_sampling_steps, bf16=bf16)
     except (ImportError, AttributeError, FileNotFoundError, gym.error.Error) as e:
         raise SystemExit(f"worldsim play: there is no bundled world model yet ({e}); pass "
                          "--checkpoint PATH to play a trained one, or --real ENV_ID to play "
@@ -849,9 +852,10 @@ def build(cfg: PlayConfig) -> tuple[Game, str]:
         raise SystemExit("worldsim play --side-by-side: pass --checkpoint PATH, the dream to "
                          "show beside the real game")
     if cfg.checkpoint is not None:
-        dream = make_dream(cfg.checkpoint, cfg.dream_env, num_sampling_steps=cfg.sampling_steps)
+        dream = make_dream(cfg.checkpoint, cfg.dream_env, num_sampling_steps=cfg.sampling_steps,
+                           bf16=cfg.bf16)
     elif cfg.real is None:
-        dream = make_bundled_dream(cfg.sampling_steps)
+        dream = make_bundled_dream(cfg.sampling_steps, cfg.bf16)
     real_id = cfg.real
     if real_id is None and cfg.side_by_side:
         real_id = source_env_id(cfg.checkpoint) if cfg.checkpoint is not None else None

@@ -157,12 +157,14 @@ def _rng(seed: int | None) -> np.random.Generator:
 
 class Context(NamedTuple):
     """What a row starts from: latents (K, C, h, w) of K real frames, the actions between
-    them {key: (K-1, ...)}, and the last frame itself, uint8 (H, W, 3) (shown at the reset
-    when the bundle has a frame refiner)."""
+    them {key: (K-1, ...)}, the last frame itself, uint8 (H, W, 3) (shown at the reset
+    when the bundle has a frame refiner), and the achievements its episode had unlocked,
+    bool (A,) (None: unknown, counted as none; see `WorldModel.achievements`)."""
 
     latents: torch.Tensor
     actions: dict[str, np.ndarray]
     last_frame: np.ndarray
+    unlocked: np.ndarray | None = None
 
 
 @dataclass
@@ -239,7 +241,8 @@ class _Rollouts:
             with autocast(self.wm.device, self.bf16):
                 self._encoded[index] = self.wm.encode(self.wm.start_frames[index, -K:])
         actions = {k: v[index, v.shape[1] - (K - 1):] for k, v in self.wm.start_actions.items()}
-        return Context(self._encoded[index], actions, self.wm.start_frames[index, -1])
+        unlocked = None if self.wm.start_unlocked is None else self.wm.start_unlocked[index]
+        return Context(self._encoded[index], actions, self.wm.start_frames[index, -1], unlocked)
 
     def prompted_context(self, frames: Any, actions: Any) -> Context:
         """The context of prompt frames (see `prompt_frames` / `prompt_actions`);
@@ -256,8 +259,13 @@ class _Rollouts:
         """Start `rows` (all rows on the first call) from one context each."""
         latents = torch.stack([c.latents for c in contexts])  # (n, K, C, h, w)
         actions = {k: np.stack([c.actions[k] for c in contexts]) for k in contexts[0].actions}
+        unlocked = None
+        if self.wm.achievements:
+            A = len(self.wm.achievements)
+            unlocked = np.stack([np.zeros(A, bool) if c.unlocked is None else c.unlocked
+                                 for c in contexts])
         with autocast(self.wm.device, self.bf16):
-            state = self.wm.start(latents, actions, self.generator)
+            state = self.wm.start(latents, actions, self.generator, unlocked=unlocked)
             shown = self.wm.render_start(np.stack([c.last_frame for c in contexts]),
                                          latents[:, -1]) if self.obs_mode == "rgb" else None
         if self.state is None or len(rows) == self.batch_size and \
@@ -285,6 +293,9 @@ class _Rollouts:
         probs = out.reward_probs.float()
         support = self.support.to(probs.device)
         reward = probs @ support if self.reward_mode == "mean" else support[probs.argmax(-1)]
+        if out.achievement_reward is not None:  # achievements, paid once per episode
+            once = out.achievement_reward.float()
+            reward = reward + (once if self.reward_mode == "mean" else once.round())
         return reward, out.termination_prob.float(), probs
 
     def terminated(self, termination_prob: torch.Tensor) -> torch.Tensor:

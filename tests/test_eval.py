@@ -176,7 +176,8 @@ def test_consistency_replays_the_real_game(tiny, crafter_actions):
     m = consistency_metrics(run)
     assert set(m["k"]) == {"1", "2"} and m["k"]["2"]["real_games"] == 2
     assert m["k"]["1"]["dream_minus_forget_psnr_db"] == pytest.approx(
-        m["k"]["1"]["dream_vs_start"]["psnr"] - m["k"]["1"]["forget_vs_start"]["psnr"])
+        m["k"]["1"]["dream_vs_start"]["psnr_of_mean_mse"]
+        - m["k"]["1"]["forget_vs_start"]["psnr_of_mean_mse"])
     # without move actions there is nothing to walk
     assert isinstance(consistency(wm, store, episodes, context=2, ks=(1,), starts=1,
                                   action_names=None), str)
@@ -227,7 +228,11 @@ def test_eval_cli_writes_metrics_and_report(tiny_bundle, tmp_path):
         assert part in metrics, part
     assert metrics["open_loop"]["horizons"]["2"]["copy_last"]["psnr"] is not None
     assert metrics["controllability"]["paired"]["dream"]["count"] == 3
+    # The tiny bundle re-encodes, so open loop and stability also run without it.
+    assert set(metrics["open_loop"]["without_reencoding"]) == {"1", "2"}
+    assert 0 <= metrics["stability"]["without_reencoding"]["dream_share"] <= 1
     report = (out / "report.md").read_text()
+    assert "without re-encoding" in report
     assert "## Summary" in report and "copy-last" in report
     for name in metrics["figures"]:
         assert (out / name).stat().st_size > 0, name

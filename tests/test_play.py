@@ -466,10 +466,13 @@ def test_minecraft_style_dict_actions_with_mouse(tmp_path):
     assert list(ep.actions["forward"]) == [0, 1, 1] and ep.actions["camera"].shape == (3, 2)
 
 
-def test_sampling_steps_reach_the_dream(tiny_bundle):
+def test_sampling_steps_and_bf16_reach_the_dream(tiny_bundle):
     from envs.play import PlayConfig, build
 
     game, _ = build(PlayConfig(checkpoint=tiny_bundle, sampling_steps=1))
     assert game.env.dream.unwrapped._sim.num_sampling_steps == 1
     game, _ = build(PlayConfig(checkpoint=tiny_bundle))
     assert game.env.dream.unwrapped._sim.num_sampling_steps is None  # the bundle's
+    assert not game.env.dream.unwrapped._sim.bf16
+    game, _ = build(PlayConfig(checkpoint=tiny_bundle, bf16=True))
+    assert game.env.dream.unwrapped._sim.bf16

@@ -56,7 +56,7 @@ def test_oversampled_training_stays_calibrated_to_the_data():
 
     _oversampled_training(model, noise, rewards, terminated, 0.5, steps=150)
     with torch.no_grad():
-        reward, probs, term = model.predict(*noise(torch.arange(512)))
+        reward, probs, term, _ = model.predict(*noise(torch.arange(512)))
     assert term.mean().item() == pytest.approx(0.01, abs=0.01)
     assert reward.mean().item() == pytest.approx(0.03, abs=0.02)
     assert probs.shape == (512, 3) and torch.allclose(probs.sum(-1), torch.ones(512))
@@ -82,7 +82,7 @@ def test_learns_an_event_it_can_see():
 
     _oversampled_training(model, draw, rewards, terminated, 0.5, steps=200)
     with torch.no_grad():
-        reward, _, _ = model.predict(*draw(torch.arange(n)), reward_mode="mode")
+        reward, *_ = model.predict(*draw(torch.arange(n)), reward_mode="mode")
     predicted = reward > 0
     recall = (predicted & event).sum() / event.sum()
     precision = (predicted & event).sum() / predicted.sum().clamp_min(1)
@@ -112,8 +112,8 @@ def test_from_frame_and_action_learns_what_an_action_earns_where():
 
     _oversampled_training(model, draw, rewards, terminated, 0.5, steps=200)
     with torch.no_grad():
-        reward, _, _ = model.predict(*draw(torch.arange(n)))
-        again, _, _ = model.predict(*draw(torch.arange(n)))
+        reward, *_ = model.predict(*draw(torch.arange(n)))
+        again, *_ = model.predict(*draw(torch.arange(n)))
     torch.testing.assert_close(reward, again)  # frame t + 1 is ignored
     earning = facing & (actions == 2)
     assert reward[earning].mean() > 0.8 and reward[~earning].mean() < 0.05
@@ -165,7 +165,7 @@ def test_train_reward_then_bundle_uses_it(tiny_bundle, tmp_path):
     actions = {"action": np.array([1, 5])}
     out = wm.step(state, actions, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected, probs, term = reward_model.predict(previous, {"action": torch.tensor([1, 5])},
+        expected, probs, term, _ = reward_model.predict(previous, {"action": torch.tensor([1, 5])},
                                                      out.latents)
     torch.testing.assert_close(out.reward, expected)
     torch.testing.assert_close(out.termination_prob, term)

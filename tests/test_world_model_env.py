@@ -1,6 +1,7 @@
 """WorldModelEnv on the tiny bundle trained in this test run: the Gymnasium API (check_env),
 determinism, branching, prompting, rendering, wrappers, registration and error messages."""
 
+import json
 import shutil
 import warnings
 
@@ -355,3 +356,36 @@ def test_bundle_sampler_defaults(tiny_bundle, tmp_path):
         build_bundle(tmp_path / "c", vae_checkpoint=resolve_checkpoint(root / "run-vae"),
                      dynamics_checkpoint=resolve_checkpoint(root / "run-dyn"),
                      data=root / "data", num_contexts=2, context_frames=2, sampler="ddpm")
+
+
+def test_reencoding_continues_from_the_vae_round_trip(tiny_bundle, tmp_path):
+    """With re-encoding a step returns the VAE round trip of the latent it would sample
+    without it (same noise), the rollout continues from that latent, and the bundle records
+    the setting (on by default; a step may override it)."""
+    wm = worldsim.load(tiny_bundle, device="cpu")
+    assert wm.reencode  # build_bundle's default
+    latents = wm.encode(wm.start_frames[:2])
+    actions = {k: v[:2] for k, v in wm.start_actions.items()}
+
+    def rollout(reencode, steps):
+        g = torch.Generator().manual_seed(0)
+        state = wm.start(latents, actions, g)
+        return [wm.step(state, {"action": np.array([3, 1])}, g, reencode=reencode).latents
+                for _ in range(steps)]
+
+    plain, reencoded = rollout(False, 2), rollout(True, 2)
+    torch.testing.assert_close(reencoded[0], wm.round_trip(plain[0]))
+    assert (reencoded[0] - plain[0]).abs().max() > 1e-3  # the round trip is not the identity
+    # The second step started from another latent, so it is not the round trip of the plain one.
+    assert (reencoded[1] - wm.round_trip(plain[1])).abs().max() > 1e-3
+    wm.reencode = True
+    g = torch.Generator().manual_seed(0)
+    state = wm.start(latents, actions, g)
+    torch.testing.assert_close(wm.step(state, {"action": np.array([3, 1])}, g).latents,
+                               reencoded[0])
+    # A bundle written before the setting existed keeps the rollouts it was evaluated with.
+    old = shutil.copytree(tiny_bundle, tmp_path / "old")
+    config = json.loads((old / "config.json").read_text())
+    del config["sampling"]["reencode"]
+    (old / "config.json").write_text(json.dumps(config))
+    assert not worldsim.load(old, device="cpu").reencode

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from worldsim.models.reward_model import pay_once
 from worldsim.spaces import action_keys, space_from_json, space_to_json
 from worldsim.training.checkpoint import CheckpointError  # noqa: F401  (one error class for all)
 
@@ -56,6 +57,9 @@ class StepOutput:
     termination_prob: torch.Tensor  # (B,) probability that the new frame is terminal
     reward_probs: torch.Tensor      # (B, R) distribution over the reward support
     state: Any                      # the rollout state after the step (KV cache, positions)
+    achievement_reward: torch.Tensor | None = None
+    # (B,) the part of `reward` paid for achievements (each once per episode), with a reward
+    # model that predicts unlocks; `reward_probs` is then the distribution of the rest
 
 
 @dataclass
@@ -127,8 +131,17 @@ class WorldModel:
         diffusion = dynamics.config.diffusion
         self.num_steps: int = int(sampling.get("num_steps", diffusion.num_steps))
         self.sampler: str = str(sampling.get("sampler", diffusion.sampler))
+        # Re-encoding: every sampled latent goes through the VAE (decode, then encode) before
+        # the rollout continues from it. The DiT's small errors otherwise pile up off the set
+        # of latents the encoder produces, and long dreams wash out into blur within a few
+        # hundred steps; the round trip puts each frame back on it. Bundles made before the
+        # setting existed did not re-encode.
+        self.reencode: bool = bool(sampling.get("reencode", False))
         self.start_frames = start_frames      # uint8 (N, K, H, W, 3)
         self.start_actions = start_actions    # {key: (N, K-1, ...)}
+        # bool (N, A): achievements unlocked before each start context's last frame, for a
+        # reward model that pays them once (None: unknown, rollouts start with none unlocked)
+        self.start_unlocked: np.ndarray | None = None
         H, W = self.observation_space.shape[:2]
         self.latent_shape: tuple[int, int, int] = tuple(vae.latent_shape(H, W))
 
@@ -174,8 +187,11 @@ class WorldModel:
         frames = ctx["frames"].numpy()
         actions = {k[len("actions."):]: v.numpy() for k, v in ctx.items()
                    if k.startswith("actions.")}
-        return cls(vae, dynamics, config, frames, actions, source=str(path),
-                   reward_model=reward_model, refiner=refiner)
+        wm = cls(vae, dynamics, config, frames, actions, source=str(path),
+                 reward_model=reward_model, refiner=refiner)
+        if "unlocked" in ctx:
+            wm.start_unlocked = ctx["unlocked"].numpy()
+        return wm
 
     @classmethod
     def untrained(cls, observation_space: spaces.Box, action_space: spaces.Space, *,
@@ -249,6 +265,12 @@ class WorldModel:
         return self.vae.decode_frames(latents)
 
     @torch.no_grad()
+    def round_trip(self, latents: torch.Tensor) -> torch.Tensor:
+        """encode(decode(latents)): (..., C, h, w) -> the same shape, back on the set of
+        latents the encoder gives real frames (re-encoding)."""
+        return self.encode(self.decode(latents))
+
+    @torch.no_grad()
     def render_start(self, frames: np.ndarray | torch.Tensor, latents: torch.Tensor,
                      decoded: torch.Tensor | None = None) -> Rendered:
         """What a rollout shows at its start: real frames (B, H, W, 3) uint8 and their latents
@@ -295,10 +317,16 @@ class WorldModel:
         return out
 
     # ------------------------------------------------------------------ rollouts
+    @property
+    def achievements(self) -> tuple[str, ...]:
+        """The achievements the reward model pays once per episode (empty: none)."""
+        return () if self.reward_model is None else tuple(self.reward_model.config.achievements)
+
     def start(self, latents: torch.Tensor, actions: dict[str, Any] | None = None,
-              generator: torch.Generator | None = None):
+              generator: torch.Generator | None = None, unlocked: Any = None):
         """Begin B rollouts from K context latents (B, K, C, h, w) and the K-1 actions between
-        them ({key: (B, K-1, ...)}; None for K = 1 or to condition on "no action")."""
+        them ({key: (B, K-1, ...)}; None for K = 1 or to condition on "no action"). unlocked:
+        (B, A) the achievements each episode unlocked before (see `achievements`; None: none)."""
         B, K = latents.shape[:2]
         if actions is None:
             if K > 1:
@@ -306,25 +334,42 @@ class WorldModel:
             actions = {k: np.zeros((B, 0, *v.shape[2:]), v.dtype)
                        for k, v in self.start_actions.items()}
         actions = self.action_tensors(actions, (B, K - 1))
-        return self.dynamics.start(latents.to(self.device), actions, generator)
+        state = self.dynamics.start(latents.to(self.device), actions, generator)
+        if self.achievements:
+            A = len(self.achievements)
+            state.unlocked = (torch.zeros(B, A, device=self.device) if unlocked is None else
+                              torch.as_tensor(np.asarray(unlocked), device=self.device).float())
+            if tuple(state.unlocked.shape) != (B, A):
+                raise ValueError(f"unlocked has shape {tuple(state.unlocked.shape)}, expected "
+                                 f"{(B, A)} (rows x the reward model's achievements)")
+        return state
 
     def step(self, state, actions: dict[str, Any], generator: torch.Generator | None = None,
-             num_steps: int | None = None, sampler: str | None = None) -> StepOutput:
-        """One imagined step for every row: actions {key: (B, ...)}. `num_steps` and
-        `sampler` override the bundle's defaults (`self.num_steps`, `self.sampler`)."""
+             num_steps: int | None = None, sampler: str | None = None,
+             reencode: bool | None = None) -> StepOutput:
+        """One imagined step for every row: actions {key: (B, ...)}. `num_steps`, `sampler`
+        and `reencode` override the bundle's defaults (`self.num_steps`, `self.sampler`,
+        `self.reencode`). With re-encoding the returned latents are those of the VAE round
+        trip, the ones the rollout continues from."""
         actions = self.action_tensors(actions, (state.batch_size,))
+        reencode = self.reencode if reencode is None else reencode
         with torch.no_grad():
             previous = state.last_latents  # the step rebinds it to the new frame
             out = self.dynamics.step(state, actions, generator,
                                      num_steps=num_steps or self.num_steps,
-                                     sampler=sampler or self.sampler)
-            reward, termination_prob = out.reward, out.termination_prob
+                                     sampler=sampler or self.sampler,
+                                     project=self.round_trip if reencode else None)
+            reward, termination_prob, once = out.reward, out.termination_prob, None
             if self.reward_model is not None:
-                reward, probs, termination_prob = self.reward_model.predict(
-                    previous, actions, out.latents.float())
-                out.state.reward_probs = probs
+                pred = self.reward_model.predict(previous, actions, out.latents.float())
+                reward, termination_prob = pred.reward, pred.termination_prob
+                out.state.reward_probs = pred.reward_probs
+                if pred.achievement_probs is not None:
+                    once, out.state.unlocked = pay_once(pred.achievement_probs.float(),
+                                                        out.state.unlocked)
+                    reward = reward + once
         return StepOutput(out.latents, reward, termination_prob, out.state.reward_probs,
-                          out.state)
+                          out.state, once)
 
     @property
     def reward_support(self) -> torch.Tensor:
@@ -338,11 +383,12 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
                  context_frames: int = DEFAULT_CONTEXT_FRAMES, seed: int = 0,
                  metrics: dict | None = None, num_steps: int | None = None,
                  sampler: str | None = None, reward_checkpoint: str | Path | None = None,
-                 refiner_checkpoint: str | Path | None = None) -> Path:
+                 refiner_checkpoint: str | Path | None = None, reencode: bool = True) -> Path:
     """Assemble a bundle from a VAE checkpoint, a dynamics checkpoint (EMA weights), optionally
     a reward model checkpoint and a frame refiner checkpoint, and real start contexts drawn
     (seeded) from the validation episodes of the dataset `data`. `num_steps` / `sampler`: the
-    bundle's default sampler settings (None: the dynamics model's). `metrics`: None takes those recorded in the
+    bundle's default sampler settings (None: the dynamics model's); `reencode`: whether
+    rollouts re-encode every sampled latent (`WorldModel.reencode`). `metrics`: None takes those recorded in the
     dynamics checkpoint."""
     import tempfile
 
@@ -359,7 +405,7 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
                               f"than the dataset {data} holds")
     diffusion = dynamics.config.diffusion
     sampling = {"num_steps": int(num_steps or diffusion.num_steps),
-                "sampler": sampler or diffusion.sampler}
+                "sampler": sampler or diffusion.sampler, "reencode": bool(reencode)}
     if sampling["num_steps"] < 1:
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
     get_sampler(sampling["sampler"])  # an unknown name raises, listing the choices
@@ -371,6 +417,9 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
             reward_checkpoint, action_space=dyn_meta["action_space"],
             vae_fingerprint=vae.fingerprint())
         parts["reward"] = _bundle_part(reward_meta, reward_model)
+        achievements = tuple(reward_model.config.achievements)
+    else:
+        achievements = ()
     if refiner_checkpoint is not None:
         from worldsim.models.refiner import load_refiner
 
@@ -381,16 +430,22 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
     names = [n for n in store.split("val") if store.length(n) + 1 >= context_frames]
     if not names:
         raise ValueError(f"{data} has no validation episode of {context_frames} frames or more")
-    frames, actions = [], {k: [] for k in store.action_keys}
+    frames, actions, unlocked = [], {k: [] for k in store.action_keys}, []
     for i in range(num_contexts):
-        ep = store.load(names[i % len(names)] if i < len(names) else rng.choice(names))
+        name = names[i % len(names)] if i < len(names) else rng.choice(names)
+        ep = store.load(name)
         # Half the contexts start at the episode's first frame, as a reset does in the game.
         start = 0 if i % 2 == 0 else int(rng.integers(0, ep.length + 2 - context_frames))
         frames.append(np.asarray(ep.frames[start:start + context_frames]))
         for k in actions:
             actions[k].append(np.asarray(ep.actions[k][start:start + context_frames - 1]))
+        if achievements:  # what the episode unlocked before the context's last frame
+            unlocked.append(_unlocked_before(store, name, start + context_frames - 1,
+                                             achievements))
     contexts = {"frames": torch.from_numpy(np.stack(frames))}
     contexts.update({f"actions.{k}": torch.from_numpy(np.stack(v)) for k, v in actions.items()})
+    if achievements:
+        contexts["unlocked"] = torch.from_numpy(np.stack(unlocked))
     with tempfile.TemporaryDirectory() as tmp:
         vae.save(Path(tmp) / "vae", metrics=vae_metrics(vae_checkpoint))
         parts["dynamics"] = _bundle_part(dyn_meta, dynamics)
@@ -412,6 +467,21 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
         return save_checkpoint(out, config, {"start_contexts": contexts},
                                subdirectories={"vae": Path(tmp) / "vae",
                                                **{name: Path(tmp) / name for name in parts}})
+
+
+def _unlocked_before(store, name: str, t: int, achievements: tuple[str, ...]) -> np.ndarray:
+    """bool (A,): which of `achievements` episode `name` unlocked before frame t (from the
+    dataset's achievement labels)."""
+    from worldsim.data.achievements import achievement_names, load_labels, unlocked_before
+
+    names = achievement_names(store) or []
+    missing = [a for a in achievements if a not in names]
+    if missing:
+        raise CheckpointError(f"the reward model pays achievements once, but {store.root} has "
+                              f"no labels for {missing}; run `worldsim data label-achievements "
+                              f"{store.root}`")
+    before = unlocked_before(load_labels(store, name), t)
+    return before[[names.index(a) for a in achievements]]
 
 
 def _bundle_part(meta: dict, model: torch.nn.Module) -> tuple[dict, dict]:
@@ -458,6 +528,9 @@ class BundleConfig:
     """Default sampler steps per generated frame (None: the dynamics model's)."""
     sampler: str | None = None
     """Default sampler (None: the dynamics model's)."""
+    reencode: bool = True
+    """Rollouts pass every sampled latent through the VAE (decode, encode) before continuing
+    from it, which keeps long dreams from washing out (see docs/DESIGN-NOTES.md)."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -470,6 +543,7 @@ def main(argv: list[str] | None = None) -> None:
                        dynamics_checkpoint=resolve_checkpoint(cfg.dynamics), data=cfg.data,
                        num_contexts=cfg.num_contexts, context_frames=cfg.context_frames,
                        seed=cfg.seed, num_steps=cfg.sample_steps, sampler=cfg.sampler,
+                       reencode=cfg.reencode,
                        reward_checkpoint=None if cfg.reward is None else resolve_checkpoint(cfg.reward),
                        refiner_checkpoint=None if cfg.refiner is None else resolve_checkpoint(cfg.refiner))
     print(f"bundle: {out}", flush=True)

@@ -387,6 +387,12 @@ class WindowDataset:
         return np.stack([event[e][s + steps] for e, s in self._index]) if len(self) else \
             np.zeros((0, self.length - 1), bool)
 
+    def last_transitions(self, indices: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Where the last transition of each window at `indices` lies: (episode positions in
+        `names` (n,), transition indices t within those episodes (n,))."""
+        e, s = self._index[np.asarray(indices, dtype=np.int64)].T
+        return e, s + self.length - 2
+
     def last_transition_events(self) -> np.ndarray:
         """(len,) bool: the windows whose last transition is an event (`transition_events`)."""
         return self.transition_events()[:, -1]

@@ -33,6 +33,7 @@ import torch
 
 from worldsim.data.store import Episode, EpisodeStore
 from worldsim.evaluation.metrics import frame_metrics
+from worldsim.models.reward_model import pay_once
 from worldsim.runtime import autocast
 from worldsim.spaces import stack_actions, unstack_action
 
@@ -215,6 +216,8 @@ def teacher_forced(wm, episodes: Sequence[Episode], picks: np.ndarray, *, contex
                         frames["dream_decoded"][rows] = rendered.decoded.cpu().numpy()
                         probs = out.reward_probs.float()
                         reward_mode[rows] = support[probs.argmax(-1)].cpu().numpy()
+                        if out.achievement_reward is not None:
+                            reward_mode[rows] += out.achievement_reward.round().cpu().numpy()
                         reward_mean[rows] = out.reward.float().cpu().numpy()
                         term[rows] = out.termination_prob.float().cpu().numpy()
                 if counter is not None:
@@ -360,11 +363,14 @@ def reward_model_on_recorded_frames(wm, run: TeacherForcedRun, batch_size: int =
         rows = slice(i, i + batch_size)
         actions = wm.action_tensors({k: v[rows] for k, v in run.actions.items()},
                                     (len(run.current[rows]),))
-        reward, probs, termination = wm.reward_model.predict(
-            wm.encode(run.current[rows]), actions, wm.encode(run.target[rows]))
-        mode.append(support[probs.argmax(-1).cpu().numpy()])
-        mean.append(reward.float().cpu().numpy())
-        term.append(termination.float().cpu().numpy())
+        pred = wm.reward_model.predict(wm.encode(run.current[rows]), actions,
+                                       wm.encode(run.target[rows]))
+        # Achievements (with an unlock head) pay as if none was unlocked before.
+        once = 0.0 if pred.achievement_probs is None else \
+            pay_once(pred.achievement_probs, None)[0].float().cpu().numpy()
+        mode.append(support[pred.reward_probs.argmax(-1).cpu().numpy()] + np.round(once))
+        mean.append(pred.reward.float().cpu().numpy() + once)
+        term.append(pred.termination_prob.float().cpu().numpy())
     return dataclasses.replace(run, reward_mode=np.concatenate(mode),
                                reward_mean=np.concatenate(mean),
                                termination_prob=np.concatenate(term))
@@ -396,10 +402,11 @@ class OpenLoopRun:
 
 def open_loop(wm, episodes: Sequence[Episode], *, context: int, horizons: Sequence[int],
               rollouts: int, num_steps: int | None = None, batch_size: int = 16, seed: int = 0,
-              bf16: bool = False) -> OpenLoopRun | None:
+              bf16: bool = False, reencode: bool | None = None) -> OpenLoopRun | None:
     """Roll the model out open loop from real starts (see `OpenLoopRun`). Horizons longer
     than any episode allows are skipped; starts are drawn (seeded) from the episodes long
-    enough for the longest remaining one. None if no episode holds K+1 frames."""
+    enough for the longest remaining one. None if no episode holds K+1 frames. `reencode`:
+    overrides the bundle's re-encoding (`WorldModel.step`)."""
     room = max((ep.length + 1 - context for ep in episodes), default=0)
     kept = sorted(h for h in set(horizons) if 1 <= h <= room)
     skipped = sorted(h for h in set(horizons) if h not in kept)
@@ -431,7 +438,8 @@ def open_loop(wm, episodes: Sequence[Episode], *, context: int, horizons: Sequen
             for j in range(L):
                 acts = {k: np.stack([np.asarray(episodes[e].actions[k][s + context - 1 + j])
                                      for e, s in rows]) for k in episodes[0].actions}
-                shown = wm.render(wm.step(state, acts, g, num_steps=num_steps).latents, shown)
+                shown = wm.render(wm.step(state, acts, g, num_steps=num_steps,
+                                          reencode=reencode).latents, shown)
                 dream[i:i + batch_size, j] = shown.frames.cpu().numpy()
     real_vae = round_trip(wm, real.reshape(-1, H, W, 3), bf16).reshape(real.shape)
     return OpenLoopRun(starts=starts, context=context, horizons=kept, real=real, dream=dream,
@@ -640,8 +648,9 @@ def consistency_metrics(run: ConsistencyRun) -> dict[str, Any]:
         entry: dict[str, Any] = {"dream_vs_start": summary(dream),
                                  "forget_vs_start": summary(forget),
                                  "real_games": int(valid.sum())}
-        entry["dream_minus_forget_psnr_db"] = (entry["dream_vs_start"]["psnr"]
-                                               - entry["forget_vs_start"]["psnr"])
+        # By the PSNR of the mean MSE: a mean of per-start PSNR counts exact copies as 100 dB.
+        entry["dream_minus_forget_psnr_db"] = (entry["dream_vs_start"]["psnr_of_mean_mse"]
+                                               - entry["forget_vs_start"]["psnr_of_mean_mse"])
         if valid.any():
             real = pair_metrics(run.start[valid], run.real_return[k][valid])
             vs_real = pair_metrics(run.real_return[k][valid], run.dream_return[k][valid])
@@ -763,10 +772,11 @@ class StabilityRun:
 
 def stability(wm, reference: StabilityReference, *, steps: int, rollouts: int, every: int,
               action_names: Sequence[str] | None = None, num_steps: int | None = None,
-              seed: int = 0, bf16: bool = False) -> StabilityRun:
+              seed: int = 0, bf16: bool = False, reencode: bool | None = None) -> StabilityRun:
     """Dream `steps` steps in `rollouts` rows, started from the bundle's shipped start
     contexts, with the collector's sticky policy (actions held for a few steps, as in the
-    training data); record the statistics of every frame and a snapshot every `every`."""
+    training data); record the statistics of every frame and a snapshot every `every`.
+    `reencode`: overrides the bundle's re-encoding (`WorldModel.step`)."""
     from worldsim.data.policies import StickyPolicy
 
     if steps < 1 or rollouts < 1:
@@ -788,7 +798,8 @@ def stability(wm, reference: StabilityReference, *, steps: int, rollouts: int, e
         shown = wm.render_start(frames[:, -1], latents[:, -1])
         for i in range(1, steps + 1):
             act = stack_actions(wm.action_space, policy.act(previous, rng))
-            shown = wm.render(wm.step(state, act, g, num_steps=num_steps).latents, shown)
+            shown = wm.render(wm.step(state, act, g, num_steps=num_steps,
+                                      reencode=reencode).latents, shown)
             frame = shown.frames.cpu().numpy()
             stats = frame_statistics(frame, previous, reference.histogram)
             for name in STATISTICS:

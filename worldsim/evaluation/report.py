@@ -39,6 +39,9 @@ import numpy as np
 # scroll, small enough for a README.
 GIF_FRAMES = 64
 
+# Consistency compares views by the PSNR of the mean MSE over starts (see part_consistency).
+CONSISTENCY_PSNR = "psnr_of_mean_mse"
+
 PARTS = ("vae", "teacher_forced", "open_loop", "reward", "controllability", "consistency",
          "stability")
 
@@ -424,6 +427,13 @@ class Evaluation:
                                           f"{self.context + 1} frames.\n")
             return
         m = open_loop_metrics(run)
+        if self.wm.reencode:  # the same rollouts without it: what re-encoding changes
+            plain = open_loop(self.wm, self.episodes, context=self.context,
+                              horizons=self.cfg.horizons, rollouts=self.cfg.size("rollouts"),
+                              batch_size=self.cfg.batch_size, seed=self.cfg.seed,
+                              bf16=self.cfg.bf16, reencode=False)
+            m["without_reencoding"] = {h: e["dream"] for h, e in
+                                       open_loop_metrics(plain)["horizons"].items()}
         self.metrics["open_loop"] = m
         c = m["curve"]
         plots = [line_plot([Series("dream", c["step"], c[f"dream_{k}"]),
@@ -453,12 +463,18 @@ class Evaluation:
             self.figures["dream_vs_real.gif"] = "dream_vs_real.gif"
             gif_line = "\n\n![real (left) vs dream (right)](dream_vs_real.gif)"
         rows = []
+        plain = m.get("without_reencoding")
         for h in run.horizons:
             e = m["horizons"][str(h)]
             rows.append([h, _f(e["dream"]["psnr"]), _f(e["copy_last"]["psnr"]),
                          _f(e["vae"]["psnr"]), _f(e["dream"]["psnr_gap_vs_copy_last_db"]),
                          _f(e["dream"]["ssim"], 3), _f(e["copy_last"]["ssim"], 3),
-                         _f(e["vae"]["ssim"], 3)])
+                         _f(e["vae"]["ssim"], 3)]
+                        + ([_f(plain[str(h)]["psnr"]), _f(plain[str(h)]["ssim"], 3)]
+                           if plain else []))
+        plain_note = (" The last two columns run the same rollouts without re-encoding (each "
+                      "sampled latent kept as sampled instead of passed through the VAE)."
+                      if plain else "")
         skipped = (f" Horizons {m['skipped_horizons']} are skipped: no validation episode is "
                    "that long." if m["skipped_horizons"] else "")
         self.sections["open_loop"] = (
@@ -466,9 +482,12 @@ class Evaluation:
             f"{m['rollouts']} rollouts from {m['context_frames']} real frames at seeded random "
             "points of the validation episodes, then only the recorded actions: frame t+h is "
             "compared with the real one. Copy-last predicts the last real frame forever; the "
-            "VAE round trip of the real frame is the decoder's ceiling." + skipped + "\n\n"
+            "VAE round trip of the real frame is the decoder's ceiling." + skipped
+            + plain_note + "\n\n"
             + _table(["horizon", "PSNR dream", "PSNR copy-last", "PSNR VAE", "gap (dB)",
-                      "SSIM dream", "SSIM copy-last", "SSIM VAE"], rows)
+                      "SSIM dream", "SSIM copy-last", "SSIM VAE"]
+                     + (["PSNR, no re-encoding", "SSIM, no re-encoding"] if plain else []),
+                     rows)
             + f"\n\n![open loop]({fig})\n\n![strip]({strip}){gif_line}\n")
 
     def part_reward(self) -> None:
@@ -656,15 +675,17 @@ class Evaluation:
         self.metrics["consistency"] = m
         ks = run.ks
         k_entries = [m["k"][str(k)] for k in ks]
-        series = [Series("dream vs start", ks, [e["dream_vs_start"]["psnr"] for e in k_entries]),
+        series = [Series("dream vs start", ks,
+                         [e["dream_vs_start"][CONSISTENCY_PSNR] for e in k_entries]),
                   Series("forgetful dream vs start", ks,
-                         [e["forget_vs_start"]["psnr"] for e in k_entries], dashed=True)]
+                         [e["forget_vs_start"][CONSISTENCY_PSNR] for e in k_entries], dashed=True)]
         if all("real_vs_start" in e for e in k_entries):
             series += [Series("real game vs start", ks,
-                              [e["real_vs_start"]["psnr"] for e in k_entries]),
+                              [e["real_vs_start"][CONSISTENCY_PSNR] for e in k_entries]),
                        Series("dream vs real return", ks,
-                              [e["dream_vs_real_return"]["psnr"] for e in k_entries])]
-        series.append(Series("unrelated real view", ks, [m["unrelated_view"]["psnr"]] * len(ks),
+                              [e["dream_vs_real_return"][CONSISTENCY_PSNR] for e in k_entries])]
+        series.append(Series("unrelated real view", ks,
+                             [m["unrelated_view"][CONSISTENCY_PSNR]] * len(ks),
                              dashed=True, markers=False))
         fig = self._figure("consistency.png", line_plot(
             series, title=f"Out and back: the returning view ({m['starts']} starts)",
@@ -682,13 +703,14 @@ class Evaluation:
             title=f"k = {k_show}: out and back"))
         table = []
         for k, e in zip(ks, k_entries, strict=True):
-            table.append([k, _f(e["dream_vs_start"]["psnr"]), _f(e["forget_vs_start"]["psnr"]),
+            table.append([k, _f(e["dream_vs_start"][CONSISTENCY_PSNR]),
+                          _f(e["forget_vs_start"][CONSISTENCY_PSNR]),
                           _f(e["dream_minus_forget_psnr_db"]),
-                          _f(e.get("real_vs_start", {}).get("psnr")),
-                          _f(e.get("dream_vs_real_return", {}).get("psnr")),
+                          _f(e.get("real_vs_start", {}).get(CONSISTENCY_PSNR)),
+                          _f(e.get("dream_vs_real_return", {}).get(CONSISTENCY_PSNR)),
                           e.get("clean", {}).get("starts", "–"),
-                          _f(e.get("clean", {}).get("dream_vs_start", {}).get("psnr")),
-                          _f(e.get("clean", {}).get("forget_vs_start", {}).get("psnr"))])
+                          _f(e.get("clean", {}).get("dream_vs_start", {}).get(CONSISTENCY_PSNR)),
+                          _f(e.get("clean", {}).get("forget_vs_start", {}).get(CONSISTENCY_PSNR))])
         self.sections["consistency"] = (
             "## Consistency (out and back)\n\n"
             f"From {m['starts']} real start states (with {m['context_frames']} frames of real "
@@ -702,7 +724,10 @@ class Evaluation:
             "to invent whatever of the start is out of view there. The model's attention window "
             f"is {self.wm.window} frames, so walks with 2k >= {self.wm.window} end with the "
             "start frame out of its window. An unrelated real view scores "
-            f"{_f(m['unrelated_view']['psnr'])} dB.\n\n"
+            f"{_f(m['unrelated_view'][CONSISTENCY_PSNR])} dB. Every figure is the PSNR of the "
+            "mean MSE over the starts: a mean of per-start PSNR would count a view returned "
+            "pixel for pixel as 100 dB, which the frame refiner gives wherever it copies the "
+            "start frame.\n\n"
             + _table(["k", "dream vs start", "forgetful vs start", "dream - forgetful (dB)",
                       "real game vs start", "dream vs real return", "clean starts",
                       "clean: dream", "clean: forgetful"], table)
@@ -727,6 +752,12 @@ class Evaluation:
                         rollouts=self.cfg.size("stability_rollouts"), every=every,
                         action_names=self.action_names, seed=self.cfg.seed, bf16=self.cfg.bf16)
         m = stability_metrics(run, reference, every)
+        if self.wm.reencode:  # the same dreams without it: what re-encoding changes
+            plain = stability(self.wm, reference, steps=steps,
+                              rollouts=self.cfg.size("stability_rollouts"), every=every,
+                              action_names=self.action_names, seed=self.cfg.seed,
+                              bf16=self.cfg.bf16, reencode=False)
+            m["without_reencoding"] = stability_metrics(plain, reference, every)["in_distribution"]
         self.metrics["stability"] = m
         plot_window = max(1, steps // 50)
         starts = list(range(0, steps, plot_window))
@@ -747,9 +778,16 @@ class Evaluation:
             list(run.snapshots), [f"dream {r + 1}" for r in range(len(run.snapshots))],
             [f"{s}" for s in run.snapshot_steps],
             title=f"A {steps}-step dream, every {every} steps (0 = the last real frame)"))
-        ind = m["in_distribution"]
+        ind, plain = m["in_distribution"], m.get("without_reencoding")
         rows = [[s, _pct(share)] for s, share in zip(m["statistics"][STATISTICS[0]]["window_start"],
                                                      ind["dream_share_per_window"], strict=True)]
+        plain_note = ""
+        if plain:
+            for row, share in zip(rows, plain["dream_share_per_window"], strict=True):
+                row.append(_pct(share))
+            plain_note = (f" The same dreams without re-encoding (each sampled latent kept as "
+                          f"sampled): {_pct(plain['dream_share'])} overall, "
+                          f"{_pct(plain['dream_share_last_window'])} in the last window.")
         stat_rows = [[f"{name} ({STATISTIC_HELP[name]})", _f(m["statistics"][name]["real"]["p1"]),
                       _f(m["statistics"][name]["real"]["p50"]),
                       _f(m["statistics"][name]["real"]["p99"]),
@@ -776,11 +814,12 @@ class Evaluation:
             "'change' far below the real mean.\n\n"
             f"**In distribution: {_pct(ind['dream_share'])} of dream frames overall; "
             f"{_pct(ind['dream_share_first_window'])} in the first {every} steps, "
-            f"{_pct(ind['dream_share_last_window'])} in the last.**\n\n"
+            f"{_pct(ind['dream_share_last_window'])} in the last.**{plain_note}\n\n"
             + _table(["statistic", "real p1", "real p50", "real p99", "real mean",
                       "dream mean, first window",
                       "dream mean, last window", "dream inside p1..p99"], stat_rows)
-            + "\n\n" + _table(["steps from", "dream frames in distribution"], rows)
+            + "\n\n" + _table(["steps from", "dream frames in distribution"]
+                                + (["without re-encoding"] if plain else []), rows)
             + f"\n\n![stability]({fig})\n\n![frames]({frames})\n")
 
     # ------------------------------------------------------------------ output
@@ -813,15 +852,19 @@ class Evaluation:
         cs = self.metrics.get("consistency", {})
         k4 = cs.get("k", {}).get("4")
         if k4:
-            rows.append(["consistency k=4: return vs start PSNR (forgetful dream in the "
-                         "copy-last column)", _f(k4["dream_vs_start"]["psnr"]),
-                         _f(k4["forget_vs_start"]["psnr"]),
-                         _f(k4.get("real_vs_start", {}).get("psnr")) + " real game"])
+            rows.append(["consistency k=4: return vs start, PSNR of mean MSE (forgetful dream "
+                         "in the "
+                         "copy-last column)", _f(k4["dream_vs_start"][CONSISTENCY_PSNR]),
+                         _f(k4["forget_vs_start"][CONSISTENCY_PSNR]),
+                         _f(k4.get("real_vs_start", {}).get(CONSISTENCY_PSNR)) + " real game"])
         st = self.metrics.get("stability", {})
         if "in_distribution" in st:
             rows.append([f"stability: frames in distribution, last window of {st['steps']} "
                          "steps", _pct(st["in_distribution"]["dream_share_last_window"]), "",
                          _pct(st["in_distribution"]["real_share"]) + " real"])
+            if "without_reencoding" in st:
+                rows.append(["... the same dreams without re-encoding",
+                             _pct(st["without_reencoding"]["dream_share_last_window"]), "", ""])
         rw = self.metrics.get("reward", {})
         if "reward_nonzero" in rw:
             rows.append(["nonzero reward precision / recall",

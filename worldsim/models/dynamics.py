@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -273,12 +274,16 @@ class RolloutState:
     last_seen:    (B, C, h, w) the newest frame as the network saw it (with its context noise),
                   the next frame's `previous` input
     reward_probs: (B, R) the reward distribution predicted by the last step (None after start)
+    unlocked:     (B, A) probability that each achievement was unlocked earlier in each row's
+                  episode, kept for a reward model that pays achievements once
+                  (`worldsim.models.reward_model.pay_once`); None without one
     """
 
     cache: KVCache
     last_latents: torch.Tensor
     last_seen: torch.Tensor
     reward_probs: torch.Tensor | None = None
+    unlocked: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -291,13 +296,15 @@ class RolloutState:
 
     def clone(self) -> RolloutState:
         return RolloutState(self.cache.clone(), self.last_latents.clone(), self.last_seen.clone(),
-                            None if self.reward_probs is None else self.reward_probs.clone())
+                            None if self.reward_probs is None else self.reward_probs.clone(),
+                            None if self.unlocked is None else self.unlocked.clone())
 
     def select(self, rows: torch.Tensor | list[int]) -> RolloutState:
         """The state of some rows (a copy)."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.last_latents.device)
         return RolloutState(self.cache.select(rows), self.last_latents[rows], self.last_seen[rows],
-                            None if self.reward_probs is None else self.reward_probs[rows])
+                            None if self.reward_probs is None else self.reward_probs[rows],
+                            None if self.unlocked is None else self.unlocked[rows])
 
     def assign(self, rows: torch.Tensor | list[int], other: RolloutState) -> None:
         """Overwrite rows with `other`'s (e.g. after resetting some sub-environments)."""
@@ -308,6 +315,8 @@ class RolloutState:
         if self.reward_probs is not None:
             self.reward_probs[rows] = (other.reward_probs if other.reward_probs is not None
                                        else 0.0)
+        if self.unlocked is not None:
+            self.unlocked[rows] = other.unlocked if other.unlocked is not None else 0.0
 
 
 class StepResult(NamedTuple):
@@ -560,7 +569,8 @@ class DynamicsModel(nn.Module):
     @torch.no_grad()
     def step(self, state: RolloutState, actions: dict[str, torch.Tensor],
              generator: torch.Generator | None = None, num_steps: int | None = None,
-             sampler: str | None = None, reward_mode: str = "mean") -> StepResult:
+             sampler: str | None = None, reward_mode: str = "mean",
+             project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> StepResult:
         """Sample the next frame of every row given the action taken in the current one.
 
         actions: {key: (B, *sub_shape)}. Random numbers are drawn from `generator` in this
@@ -569,6 +579,8 @@ class DynamicsModel(nn.Module):
         frame is then run once more at the context noise level to append its keys/values
         (evicting the oldest frame once the window is full) and to read reward and termination.
         Network evaluations: those of the sampler (`num_steps` Euler steps = num_steps) + 1.
+        `project`: maps the sampled latents (B, 1, C, h, w) to the ones that enter the context
+        and are returned; `WorldModel` passes a VAE round trip (re-encoding, see there).
         """
         dcfg = self.config.diffusion
         B, C, h, w = state.last_latents.shape
@@ -587,6 +599,8 @@ class DynamicsModel(nn.Module):
         sample = get_sampler(sampler or dcfg.sampler)
         latents = sample(denoiser, x, sigmas,
                          Conditioning(action_emb, state.cache, previous=state.last_seen[:, None]))
+        if project is not None:
+            latents = project(latents).float()
         tokens, seen = self._append(latents, action_emb, state.cache, generator,
                                     before=(state.last_latents, state.last_seen))
         reward_logits, termination_logits = self.heads(tokens)  # (B, 1, R), (B, 1)

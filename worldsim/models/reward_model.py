@@ -26,9 +26,10 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from gymnasium import spaces
 from torch import nn
@@ -67,10 +68,23 @@ class RewardModelConfig:
     """Share of terminal transitions in the data; None: no correction."""
     termination_rate_train: float | None = None
     """Share of terminal transitions in the oversampled training batches."""
+    achievements: tuple[str, ...] = ()
+    """Names of the achievements an unlock head predicts (labels from `worldsim data
+    label-achievements`); empty: no such head. With it the reward head learns the rest of
+    the reward (Crafter: health changes), and a rollout pays each achievement's +1 once per
+    episode: the expected unlock times the share of the achievement not yet unlocked
+    (`WorldModel.step`), which is what the game pays."""
+    achievement_rate: tuple[float, ...] | None = None
+    """Share of transitions that unlock each achievement in the data; None: no correction."""
+    achievement_rate_train: tuple[float, ...] | None = None
+    """The same share in the oversampled training batches."""
     # Settings introduced after the format was first written, with the value that reproduces
     # the older behaviour (checkpoint.dataclass_from_dict fills them in).
     ADDED_LATER: typing.ClassVar[dict[str, Any]] = {"action_input": True,
-                                                    "next_frame_input": True}
+                                                    "next_frame_input": True,
+                                                    "achievements": (),
+                                                    "achievement_rate": None,
+                                                    "achievement_rate_train": None}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -79,6 +93,16 @@ class RewardModelConfig:
 def _log_odds(p: float) -> float:
     p = min(max(p, 1e-6), 1 - 1e-6)
     return float(torch.tensor(p / (1 - p)).log())
+
+
+class RewardPrediction(NamedTuple):
+    """What the reward model predicts for a batch of transitions (B rows)."""
+
+    reward: torch.Tensor                    # (B,) reward decoded from the distribution
+    reward_probs: torch.Tensor              # (B, R) distribution over the reward support
+    termination_prob: torch.Tensor          # (B,)
+    achievement_probs: torch.Tensor | None  # (B, A) probability that the transition unlocks
+                                            # each achievement; None without the unlock head
 
 
 class RewardModel(nn.Module):
@@ -109,6 +133,17 @@ class RewardModel(nn.Module):
         self.action_encoder = build_action_encoder(action_space, D) if config.action_input \
             else None
         self.heads = RewardTerminationHead(D, HeadsConfig(reward_support=config.reward_support))
+        A = len(config.achievements)
+        # Unlock head: pooled like the reward head (mean and max over the cells).
+        self.achievement_head = nn.Sequential(
+            nn.LayerNorm(D), _MeanMaxPool(), nn.Linear(2 * D, D), nn.SiLU(),
+            nn.Linear(D, A)) if A else None
+        rate, rate_train = config.achievement_rate, config.achievement_rate_train
+        if A and ((rate is None) != (rate_train is None) or (
+                rate is not None and not len(rate) == len(rate_train) == A)):
+            raise ValueError(f"achievement_rate and achievement_rate_train need {A} values each")
+        achievement_shift = (torch.zeros(A) if rate is None else torch.tensor(
+            [_log_odds(q) - _log_odds(p) for p, q in zip(rate, rate_train, strict=True)]))
         support = len(config.reward_support)
         prior, prior_train = config.reward_prior, config.reward_prior_train
         if (prior is None) != (prior_train is None) or (
@@ -122,9 +157,16 @@ class RewardModel(nn.Module):
         # Derived from the config, so not part of the state dict.
         self.register_buffer("reward_shift", reward_shift.float(), persistent=False)
         self.register_buffer("termination_shift", torch.tensor(termination_shift), persistent=False)
+        self.register_buffer("achievement_shift", achievement_shift.float(), persistent=False)
         nn.init.normal_(self.positions, std=0.02)
         nn.init.zeros_(self.heads.mlp[-1].weight)
         nn.init.zeros_(self.heads.mlp[-1].bias)
+        if self.achievement_head is not None:
+            # Start at the training batches' unlock rates rather than at p = 0.5.
+            nn.init.zeros_(self.achievement_head[-1].weight)
+            with torch.no_grad():
+                start = config.achievement_rate_train or (0.01,) * A
+                self.achievement_head[-1].bias.copy_(torch.tensor([_log_odds(q) for q in start]))
 
     @property
     def support(self) -> torch.Tensor:
@@ -134,6 +176,13 @@ class RewardModel(nn.Module):
                 latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """previous, latents (B, C, h, w); actions {key: (B, ...)} -> calibrated reward logits
         (B, R) and termination logit (B,)."""
+        reward_logits, termination_logits, _ = self.logits(previous, actions, latents)
+        return reward_logits, termination_logits
+
+    def logits(self, previous: torch.Tensor, actions: dict[str, torch.Tensor],
+               latents: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """As `forward`, plus the calibrated unlock logits (B, A) (None without the head)."""
         if previous.shape != latents.shape or previous.shape[1:] != (
                 self.config.latent_channels, *self.config.latent_size):
             raise ValueError(f"the reward model takes two latents of shape (B, "
@@ -148,49 +197,95 @@ class RewardModel(nn.Module):
             cells = cells + self.action_encoder({k: torch.as_tensor(v, device=x.device)[:, None]
                                                  for k, v in actions.items()}, null)  # (B, 1, D)
         reward_logits, termination_logits = self.heads(cells[:, None])
+        achievement_logits = None if self.achievement_head is None else \
+            self.achievement_head(cells).float() - self.achievement_shift
         return (reward_logits[:, 0] - self.reward_shift,
-                termination_logits[:, 0] - self.termination_shift)
+                termination_logits[:, 0] - self.termination_shift, achievement_logits)
 
     def loss(self, previous: torch.Tensor, actions: dict[str, torch.Tensor],
-             latents: torch.Tensor, rewards: torch.Tensor, terminated: torch.Tensor
-             ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Cross-entropy against two-hot rewards plus binary cross-entropy of termination, on
-        the logits of the training distribution (calibrated logits + the oversampling shift).
-        rewards, terminated: (B,)."""
-        reward_logits, termination_logits = self(previous, actions, latents)
+             latents: torch.Tensor, rewards: torch.Tensor, terminated: torch.Tensor,
+             achievements: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Cross-entropy against two-hot rewards plus binary cross-entropy of termination (and,
+        with the unlock head, of each achievement's unlock), on the logits of the training
+        distribution (calibrated logits + the oversampling shift). rewards, terminated: (B,);
+        achievements: (B, A) the unlock labels, required with the unlock head (`rewards` are
+        then the rest of the reward, without the achievements' +1)."""
+        reward_logits, termination_logits, achievement_logits = self.logits(previous, actions,
+                                                                            latents)
         reward_loss, termination_loss = self.heads.loss(
             (reward_logits + self.reward_shift)[:, None],
             (termination_logits + self.termination_shift)[:, None],
             rewards[:, None], terminated[:, None])
         metrics = {"reward_loss": reward_loss.item(), "termination_loss": termination_loss.item()}
-        return reward_loss + termination_loss, metrics
+        loss = reward_loss + termination_loss
+        if achievement_logits is not None:
+            if achievements is None:
+                raise ValueError("a reward model with an unlock head needs achievement labels")
+            achievement_loss = F.binary_cross_entropy_with_logits(
+                achievement_logits + self.achievement_shift, achievements.float(),
+                reduction="none").sum(-1).mean()
+            metrics["achievement_loss"] = achievement_loss.item()
+            loss = loss + achievement_loss
+        return loss, metrics
 
     def predict(self, previous: torch.Tensor, actions: dict[str, torch.Tensor],
-                latents: torch.Tensor, reward_mode: str = "mean"
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Reward (B,) decoded by `reward_mode`, its distribution (B, R) and the termination
-        probability (B,)."""
-        reward_logits, termination_logits = self(previous, actions, latents)
-        return (self.heads.decode(reward_logits, reward_mode), reward_logits.softmax(-1),
-                termination_logits.sigmoid())
+                latents: torch.Tensor, reward_mode: str = "mean") -> RewardPrediction:
+        """Reward (B,) decoded by `reward_mode` (without the achievements' +1, which depends on
+        what the episode unlocked before: see `WorldModel.step`), its distribution (B, R), the
+        termination probability (B,) and the unlock probabilities (B, A) or None."""
+        reward_logits, termination_logits, achievement_logits = self.logits(previous, actions,
+                                                                            latents)
+        return RewardPrediction(
+            self.heads.decode(reward_logits, reward_mode), reward_logits.softmax(-1),
+            termination_logits.sigmoid(),
+            None if achievement_logits is None else achievement_logits.sigmoid())
+
+
+def pay_once(achievement_probs: torch.Tensor, unlocked: torch.Tensor | None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The achievements' share of a transition's expected reward when each pays +1 once per
+    episode, and the episode's unlocked state after it. achievement_probs (B, A): the unlock
+    probabilities; unlocked (B, A): the probability that each was unlocked before (None: none
+    was). Returns (reward (B,), unlocked (B, A)). In expectation this pays exactly what the
+    game pays: an unlock of probability p pays p now and leaves 1 - p to pay later."""
+    unlocked = torch.zeros_like(achievement_probs) if unlocked is None else unlocked
+    fresh = achievement_probs * (1 - unlocked)
+    return fresh.sum(-1), unlocked + fresh
+
+
+class _MeanMaxPool(nn.Module):
+    """(B, N, D) cells -> (B, 2D): their mean and their max."""
+
+    def forward(self, cells: torch.Tensor) -> torch.Tensor:
+        return torch.cat([cells.mean(dim=1), cells.amax(dim=1)], dim=-1)
 
 
 def event_shares(rewards: torch.Tensor, terminated: torch.Tensor, support: tuple[float, ...],
-                 event_share: float) -> dict[str, Any]:
+                 event_share: float, event: torch.Tensor | None = None,
+                 achievements: torch.Tensor | None = None) -> dict[str, Any]:
     """The prior fields of `RewardModelConfig` for data with these rewards and terminations
     (flat), when a share `event_share` of each training batch is drawn from the event
-    transitions (a nonzero reward or a termination) and the rest from all the others."""
+    transitions (default: a nonzero reward or a termination; or the given `event` mask) and
+    the rest from all the others. With `achievements` (T, A) unlock labels, also the
+    achievement rate fields."""
     rewards, terminated = torch.as_tensor(rewards).flatten(), torch.as_tensor(terminated).flatten()
     mass = two_hot(rewards, torch.tensor(support, dtype=torch.float32))  # (T, R)
-    event = (rewards != 0) | terminated.bool()
+    event = (rewards != 0) | terminated.bool() if event is None else torch.as_tensor(event).bool()
     if not bool(event.any()) or bool(event.all()):
         raise ValueError("oversampling needs both event and plain transitions in the data")
     prior = mass.mean(0)
     prior_train = event_share * mass[event].mean(0) + (1 - event_share) * mass[~event].mean(0)
     rate = terminated.float().mean().item()
-    rate_train = event_share * terminated[event].float().mean().item()
-    return {"reward_prior": tuple(prior.tolist()), "reward_prior_train": tuple(prior_train.tolist()),
-            "termination_rate": rate, "termination_rate_train": rate_train}
+    rate_train = (event_share * terminated[event].float().mean().item()
+                  + (1 - event_share) * terminated[~event].float().mean().item())
+    out = {"reward_prior": tuple(prior.tolist()), "reward_prior_train": tuple(prior_train.tolist()),
+           "termination_rate": rate, "termination_rate_train": rate_train}
+    if achievements is not None:
+        labels = torch.as_tensor(achievements).float()
+        out["achievement_rate"] = tuple(labels.mean(0).tolist())
+        out["achievement_rate_train"] = tuple((event_share * labels[event].mean(0) + (
+            1 - event_share) * labels[~event].mean(0)).tolist())
+    return out
 
 
 def load_reward_model(directory, device: str | torch.device = "cpu",

@@ -32,7 +32,12 @@ from torch import nn
 from worldsim.data.store import EpisodeStore, WindowDataset, oversampled_indices
 from worldsim.evaluation.fidelity import precision_recall
 from worldsim.models.dynamics import reward_support_from_data
-from worldsim.models.reward_model import RewardModel, RewardModelConfig, event_shares
+from worldsim.models.reward_model import (
+    RewardModel,
+    RewardModelConfig,
+    event_shares,
+    pay_once,
+)
 from worldsim.models.vae import VAE
 from worldsim.runtime import autocast
 from worldsim.spaces import space_to_json
@@ -75,6 +80,10 @@ class TrainRewardConfig:
     """Real frames the dynamics model sees before the transition."""
     event_share: float = 0.5
     """Share of each batch drawn from transitions with a nonzero reward or a termination."""
+    achievements: bool = False
+    """Also learn which achievement a transition unlocks, from the dataset's labels
+    (`worldsim data label-achievements`), so that the simulator pays each once per episode
+    (see `RewardModelConfig.achievements`)."""
     width: int = 128
     """Channels of the model's convolutional trunk."""
     train: TrainConfig = field(default_factory=_default_train)
@@ -109,23 +118,43 @@ class RewardTask(TrainingTask):
         if len(self.train_events) == 0 or len(self.train_plain) == 0:
             raise ValueError(f"{cfg.data}: the training split needs transitions with and "
                              f"without a reward or termination")
+        self.achievement_names: tuple[str, ...] = ()
+        self._labels: dict[str, list[np.ndarray]] = {}
+        if cfg.achievements:
+            from worldsim.data.achievements import achievement_names, load_labels
+
+            names = achievement_names(self.store)
+            if not names:
+                raise SystemExit(f"{cfg.data} has no achievement labels; run `worldsim data "
+                                 f"label-achievements {cfg.data}` first")
+            self.achievement_names = tuple(names)
+            self._labels = {split: [load_labels(self.store, n) for n in ds.names]
+                            for split, ds in (("train", self.train_set), ("val", self.val_set))}
         rewards, terminated = self._split_events("train")
+        event = (rewards != 0) | terminated  # the transitions oversampled
+        labels = None
+        if self._labels:
+            labels = np.concatenate(self._labels["train"]).astype(np.float32)
+            rewards = rewards - labels.sum(1)  # the reward head learns the rest (health)
         support = reward_support_from_data(torch.from_numpy(rewards))
         shares = event_shares(torch.from_numpy(rewards), torch.from_numpy(terminated), support,
-                              cfg.event_share)
+                              cfg.event_share, event=torch.from_numpy(event),
+                              achievements=None if labels is None else torch.from_numpy(labels))
         h, w = self.vae.latent_shape(*self.store.frame_shape()[:2])[1:]
         self.model_config = RewardModelConfig(latent_channels=self.vae.latent_channels,
                                               latent_size=(h, w), width=cfg.width,
                                               action_input=cfg.action_input,
                                               next_frame_input=cfg.next_frame_input,
-                                              reward_support=support, **shares)
+                                              reward_support=support,
+                                              achievements=self.achievement_names, **shares)
         self.model = RewardModel(self.model_config, self.store.action_space).to(self.device)
         self._eval: dict[str, Any] | None = None
         self._pool: dict[str, Any] | None = None  # cached sampled next frames
 
     def _split_events(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """All rewards and terminations of a split's episodes, flat."""
-        eps = [self.store.load(n) for n in self.store.split(split)]
+        """All rewards and terminations of a split's episodes (those of its windows), flat."""
+        dataset = self.train_set if split == "train" else self.val_set
+        eps = [self.store.load(n) for n in dataset.names]
         return (np.concatenate([np.asarray(e.rewards, np.float32) for e in eps]),
                 np.concatenate([np.asarray(e.terminated, bool) for e in eps]))
 
@@ -182,27 +211,39 @@ class RewardTask(TrainingTask):
                 "plain": np.arange(first_plain, len(index)),
                 "latents": self._sampled_next(self.train_set, index, seed=1, what="training")}
 
-    def _transitions(self, windows: dict[str, Any], sampled: torch.Tensor | None = None,
+    def _transitions(self, split: str, index: np.ndarray, sampled: torch.Tensor | None = None,
                      rows: np.ndarray | None = None) -> dict[str, Any]:
-        """The last transition of each window (B, L, ...). With `sampled` (n, C, h, w), those
-        next latents replace the recorded ones of `rows` ((B,) bool with n set; default all)."""
+        """The last transition of each window at `index` of a split. With `sampled`
+        (n, C, h, w), those next latents replace the recorded ones of `rows` ((B,) bool with
+        n set; default all). With achievement labels, "achievements" (B, A) holds them and
+        "rewards" the rest of each reward."""
+        dataset = self.train_set if split == "train" else self.val_set
+        windows = dataset.take(index)
         z = torch.from_numpy(windows["observations"][:, -2:]).to(self.device).float()
         nxt = z[:, 1].clone()
         if sampled is not None:
             where = slice(None) if rows is None else torch.from_numpy(rows).to(self.device)
             nxt[where] = sampled.to(self.device)
-        return {"previous": z[:, 0], "latents": nxt,
-                "actions": {k: torch.from_numpy(v[:, -1]).to(self.device)
-                            for k, v in windows["actions"].items()},
-                "rewards": torch.from_numpy(windows["rewards"][:, -1]).to(self.device).float(),
-                "terminated": torch.from_numpy(windows["terminated"][:, -1]).to(self.device)}
+        out = {"previous": z[:, 0], "latents": nxt,
+               "actions": {k: torch.from_numpy(v[:, -1]).to(self.device)
+                           for k, v in windows["actions"].items()},
+               "rewards": torch.from_numpy(windows["rewards"][:, -1]).to(self.device).float(),
+               "terminated": torch.from_numpy(windows["terminated"][:, -1]).to(self.device)}
+        if self._labels:
+            episodes, steps = dataset.last_transitions(index)
+            labels = np.stack([self._labels[split][e][t] for e, t in zip(episodes, steps,
+                                                                         strict=True)])
+            out["achievements"] = torch.from_numpy(labels).to(self.device).float()
+            out["total_rewards"] = out["rewards"]
+            out["rewards"] = out["rewards"] - out["achievements"].sum(-1)
+        return out
 
     def sample_batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, Any]:
         """previous, latents (B, C, h, w), actions {key: (B, ...)}, rewards, terminated (B,)."""
         index, events = oversampled_indices(rng, batch_size, self.cfg.event_share,
                                             self.train_events, self.train_plain)
         if self.dynamics is None or self.cfg.predicted_share == 0:
-            return self._transitions(self.train_set.take(index))
+            return self._transitions("train", index)
         if self._pool is None:
             self._pool = self._sampled_pool(np.random.default_rng(self.cfg.train.seed))
         pool = self._pool
@@ -210,12 +251,12 @@ class RewardTask(TrainingTask):
         picks = np.where(events, rng.choice(pool["events"], batch_size),
                          rng.choice(pool["plain"], batch_size))[use]
         index[use] = pool["index"][picks]
-        return self._transitions(self.train_set.take(index), pool["latents"][picks], use)
+        return self._transitions("train", index, pool["latents"][picks], use)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
         inner = getattr(model, "module", model)
         return inner.loss(batch["previous"], batch["actions"], batch["latents"],
-                          batch["rewards"], batch["terminated"])
+                          batch["rewards"], batch["terminated"], batch.get("achievements"))
 
     # ------------------------------------------------------------------ evaluation
     def _validation(self) -> dict[str, Any]:
@@ -245,14 +286,18 @@ class RewardTask(TrainingTask):
         for name, sampled in kinds.items():
             rewards, expected, terms, true_r, true_d = [], [], [], [], []
             for i in range(0, len(index), 512):
-                b = self._transitions(self.val_set.take(index[i:i + 512]),
+                b = self._transitions("val", index[i:i + 512],
                                       None if sampled is None else sampled[i:i + 512])
-                reward, probs, term = model.predict(b["previous"], b["actions"], b["latents"],
-                                                    "mode")
+                pred = model.predict(b["previous"], b["actions"], b["latents"], "mode")
+                reward, mean = pred.reward, pred.reward_probs @ model.support
+                if pred.achievement_probs is not None:
+                    # Paid as at an episode's start (nothing unlocked before).
+                    once = pay_once(pred.achievement_probs, None)[0]
+                    reward, mean = reward + once.round(), mean + once
                 rewards.append(reward.cpu().numpy())
-                expected.append((probs @ model.support).cpu().numpy())
-                terms.append(term.cpu().numpy())
-                true_r.append(b["rewards"].cpu().numpy())
+                expected.append(mean.cpu().numpy())
+                terms.append(pred.termination_prob.cpu().numpy())
+                true_r.append(b.get("total_rewards", b["rewards"]).cpu().numpy())
                 true_d.append(b["terminated"].cpu().numpy().astype(bool))
             reward, term = np.concatenate(rewards), np.concatenate(terms)
             r, d = np.concatenate(true_r), np.concatenate(true_d)
