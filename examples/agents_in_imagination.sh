@@ -21,7 +21,8 @@ runs=${RUNS:-runs}
 worldsim train reward --data "$data" --vae "$runs/vae-f4" --action-input --no-next-frame-input \
     --out "$runs/reward-state-action" --train.steps 4000 --train.threads 2
 worldsim bundle --vae "$runs/vae-f4" --dynamics "$runs/dyn-default" --data "$data" \
-    --reward "$runs/reward-state-action" --sample-steps 1 --out "$runs/bundle-state-action"
+    --reward "$runs/reward-state-action" --sample-steps 1 --no-reencode \
+    --out "$runs/bundle-state-action"
 bundle="$runs/bundle-state-action"
 common=(--preset small --training.lr 6e-4 --threads 1 --log-every 10 --save-every 25)
 mkdir -p "$out"

@@ -117,9 +117,9 @@ def test_unlock_head_starts_and_stays_calibrated():
 
 def test_trained_unlock_head_in_a_bundle_pays_once_in_the_dream(tiny_bundle, labelled, tmp_path):
     import gymnasium as gym
+    from tiny_bundle import tiny_train
 
     import envs  # noqa: F401
-    from tiny_bundle import tiny_train
     from worldsim.training.loop import setup, train
     from worldsim.training.train_reward import RewardTask, TrainRewardConfig
     from worldsim.world_model import WorldModel, build_bundle
