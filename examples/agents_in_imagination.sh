@@ -2,7 +2,7 @@
 # Agents trained only in the dream vs the same agent trained on the real game, each
 # with 3 seeds, scored in the real game beside the random agent (issue: agents in imagination).
 #   examples/agents_in_imagination.sh [OUT_DIR]
-# About 2 hours on 2 CPU cores.
+# About 3 hours on 2 CPU cores.
 #
 # The world model learnt from 150k real steps (examples/reproduce_default_model.sh); the real-
 # game agents get the same 150k steps (625 updates x 16 envs x 15 steps). The dream agents
@@ -48,3 +48,23 @@ for seed in 0 1 2; do
 done
 python examples/compare_scores.py dream="$out/score-dream-s*" real="$out/score-real-s*" \
     random="$out/score-random-s*" --json "$out/summary.json"
+
+# The same dream agents on a reward that pays each achievement once per episode: label which
+# achievement each recorded transition unlocked (replay from the seeds), train the reward
+# model with its unlock head, and repeat the dream runs and scoring.
+worldsim data label-achievements "$data"
+worldsim train reward --data "$data" --vae "$runs/vae-f4" --action-input --no-next-frame-input \
+    --achievements --out "$runs/reward-once" --train.steps 4000 --train.threads 1
+worldsim bundle --vae "$runs/vae-f4" --dynamics "$runs/dyn-default" --data "$data" \
+    --reward "$runs/reward-once" --sample-steps 1 --no-reencode --out "$runs/bundle-once"
+for seed in 0 1 2; do
+    worldsim imagine --checkpoint "$runs/bundle-once" --obs-mode rgb --bf16 --num-envs 32 --steps 150 \
+        --training.entropy-coef 0.03 "${common[@]}" --seed "$seed" --out "$out/once-s$seed" &
+done
+wait
+for seed in 0 1 2; do
+    worldsim score --agent "$out/once-s$seed/agent" --env worldsim/Crafter-v0 --episodes 20 \
+        --seed $((1000 * (seed + 1))) --out "$out/score-once-s$seed"
+done
+python examples/compare_scores.py once="$out/score-once-s*" random="$out/score-random-s*" \
+    --json "$out/summary-once.json"
