@@ -291,11 +291,12 @@ class _Rollouts:
                 if self.obs_mode == "rgb" else None
         self.steps += 1
         probs = out.reward_probs.float()
-        support = self.support.to(probs.device)
-        reward = probs @ support if self.reward_mode == "mean" else support[probs.argmax(-1)]
-        if out.achievement_reward is not None:  # achievements, paid once per episode
-            once = out.achievement_reward.float()
-            reward = reward + (once if self.reward_mode == "mean" else once.round())
+        if self.reward_mode == "mean":  # the expected reward, achievements paid once included
+            reward = out.reward.float()
+        else:
+            reward = self.support.to(probs.device)[probs.argmax(-1)]
+            if out.achievement_reward is not None:
+                reward = reward + out.achievement_reward.float().round()
         return reward, out.termination_prob.float(), probs
 
     def terminated(self, termination_prob: torch.Tensor) -> torch.Tensor:

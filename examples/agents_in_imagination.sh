@@ -27,12 +27,18 @@ bundle="$runs/bundle-state-action"
 common=(--preset small --training.lr 6e-4 --threads 1 --log-every 10 --save-every 25)
 mkdir -p "$out"
 
-# Dream agents: three at a time on one thread each (~25 min); then the real-game agents.
-for seed in 0 1 2; do
-    worldsim imagine --checkpoint "$bundle" --obs-mode rgb --bf16 --num-envs 32 --steps 150 \
-        --training.entropy-coef 0.03 "${common[@]}" --seed "$seed" --out "$out/dream-s$seed" &
-done
-wait
+# dream_agents BUNDLE NAME: three dream agents at a time on one thread each (~25 min),
+# written to $out/NAME-s{0,1,2}.
+dream_agents() {
+    for seed in 0 1 2; do
+        worldsim imagine --checkpoint "$1" --obs-mode rgb --bf16 --num-envs 32 --steps 150 \
+            --training.entropy-coef 0.03 "${common[@]}" --seed "$seed" --out "$out/$2-s$seed" &
+    done
+    wait
+}
+
+# Dream agents, then the real-game agents.
+dream_agents "$bundle" dream
 for seed in 0 1 2; do
     worldsim imagine --env worldsim/Crafter-v0 --training.no-restart --num-envs 16 --steps 625 \
         "${common[@]}" --seed "$seed" --out "$out/real-s$seed"
@@ -57,11 +63,7 @@ worldsim train reward --data "$data" --vae "$runs/vae-f4" --action-input --no-ne
     --achievements --out "$runs/reward-once" --train.steps 4000 --train.threads 1
 worldsim bundle --vae "$runs/vae-f4" --dynamics "$runs/dyn-default" --data "$data" \
     --reward "$runs/reward-once" --sample-steps 1 --no-reencode --out "$runs/bundle-once"
-for seed in 0 1 2; do
-    worldsim imagine --checkpoint "$runs/bundle-once" --obs-mode rgb --bf16 --num-envs 32 --steps 150 \
-        --training.entropy-coef 0.03 "${common[@]}" --seed "$seed" --out "$out/once-s$seed" &
-done
-wait
+dream_agents "$runs/bundle-once" once
 for seed in 0 1 2; do
     worldsim score --agent "$out/once-s$seed/agent" --env worldsim/Crafter-v0 --episodes 20 \
         --seed $((1000 * (seed + 1))) --out "$out/score-once-s$seed"

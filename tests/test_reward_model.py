@@ -56,7 +56,7 @@ def test_oversampled_training_stays_calibrated_to_the_data():
 
     _oversampled_training(model, noise, rewards, terminated, 0.5, steps=150)
     with torch.no_grad():
-        reward, probs, term, _ = model.predict(*noise(torch.arange(512)))
+        reward, probs, term, *_ = model.predict(*noise(torch.arange(512)))
     assert term.mean().item() == pytest.approx(0.01, abs=0.01)
     assert reward.mean().item() == pytest.approx(0.03, abs=0.02)
     assert probs.shape == (512, 3) and torch.allclose(probs.sum(-1), torch.ones(512))
@@ -165,7 +165,7 @@ def test_train_reward_then_bundle_uses_it(tiny_bundle, tmp_path):
     actions = {"action": np.array([1, 5])}
     out = wm.step(state, actions, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected, probs, term, _ = reward_model.predict(previous, {"action": torch.tensor([1, 5])},
+        expected, probs, term, *_ = reward_model.predict(previous, {"action": torch.tensor([1, 5])},
                                                      out.latents)
     torch.testing.assert_close(out.reward, expected)
     torch.testing.assert_close(out.termination_prob, term)

@@ -43,7 +43,6 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from worldsim.models.reward_model import pay_once
 from worldsim.spaces import action_keys, space_from_json, space_to_json
 from worldsim.training.checkpoint import CheckpointError  # noqa: F401  (one error class for all)
 
@@ -117,7 +116,7 @@ class WorldModel:
 
     def __init__(self, vae, dynamics, config: dict[str, Any], start_frames: np.ndarray,
                  start_actions: dict[str, np.ndarray], source: str = "", reward_model=None,
-                 refiner=None):
+                 refiner=None, start_unlocked: np.ndarray | None = None):
         self.vae, self.dynamics, self.config, self.source = vae, dynamics, config, source
         self.reward_model = reward_model  # None: the dynamics model's heads
         self.refiner = refiner            # None: frames are the VAE's plain decodes
@@ -141,7 +140,7 @@ class WorldModel:
         self.start_actions = start_actions    # {key: (N, K-1, ...)}
         # bool (N, A): achievements unlocked before each start context's last frame, for a
         # reward model that pays them once (None: unknown, rollouts start with none unlocked)
-        self.start_unlocked: np.ndarray | None = None
+        self.start_unlocked = start_unlocked
         H, W = self.observation_space.shape[:2]
         self.latent_shape: tuple[int, int, int] = tuple(vae.latent_shape(H, W))
 
@@ -187,11 +186,9 @@ class WorldModel:
         frames = ctx["frames"].numpy()
         actions = {k[len("actions."):]: v.numpy() for k, v in ctx.items()
                    if k.startswith("actions.")}
-        wm = cls(vae, dynamics, config, frames, actions, source=str(path),
-                 reward_model=reward_model, refiner=refiner)
-        if "unlocked" in ctx:
-            wm.start_unlocked = ctx["unlocked"].numpy()
-        return wm
+        return cls(vae, dynamics, config, frames, actions, source=str(path),
+                   reward_model=reward_model, refiner=refiner,
+                   start_unlocked=ctx["unlocked"].numpy() if "unlocked" in ctx else None)
 
     @classmethod
     def untrained(cls, observation_space: spaces.Box, action_space: spaces.Space, *,
@@ -361,13 +358,13 @@ class WorldModel:
                                      project=self.round_trip if reencode else None)
             reward, termination_prob, once = out.reward, out.termination_prob, None
             if self.reward_model is not None:
-                pred = self.reward_model.predict(previous, actions, out.latents.float())
+                pred = self.reward_model.predict(previous, actions, out.latents.float(),
+                                                 unlocked=out.state.unlocked)
                 reward, termination_prob = pred.reward, pred.termination_prob
+                once = pred.achievement_reward
                 out.state.reward_probs = pred.reward_probs
-                if pred.achievement_probs is not None:
-                    once, out.state.unlocked = pay_once(pred.achievement_probs.float(),
-                                                        out.state.unlocked)
-                    reward = reward + once
+                if pred.unlocked is not None:
+                    out.state.unlocked = pred.unlocked.float()
         return StepOutput(out.latents, reward, termination_prob, out.state.reward_probs,
                           out.state, once)
 

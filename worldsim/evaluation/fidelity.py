@@ -33,7 +33,6 @@ import torch
 
 from worldsim.data.store import Episode, EpisodeStore
 from worldsim.evaluation.metrics import frame_metrics
-from worldsim.models.reward_model import pay_once
 from worldsim.runtime import autocast
 from worldsim.spaces import stack_actions, unstack_action
 
@@ -366,10 +365,10 @@ def reward_model_on_recorded_frames(wm, run: TeacherForcedRun, batch_size: int =
         pred = wm.reward_model.predict(wm.encode(run.current[rows]), actions,
                                        wm.encode(run.target[rows]))
         # Achievements (with an unlock head) pay as if none was unlocked before.
-        once = 0.0 if pred.achievement_probs is None else \
-            pay_once(pred.achievement_probs, None)[0].float().cpu().numpy()
+        once = 0.0 if pred.achievement_reward is None else \
+            pred.achievement_reward.float().cpu().numpy()
         mode.append(support[pred.reward_probs.argmax(-1).cpu().numpy()] + np.round(once))
-        mean.append(pred.reward.float().cpu().numpy() + once)
+        mean.append(pred.reward.float().cpu().numpy())
         term.append(pred.termination_prob.float().cpu().numpy())
     return dataclasses.replace(run, reward_mode=np.concatenate(mode),
                                reward_mean=np.concatenate(mean),

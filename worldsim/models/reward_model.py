@@ -103,6 +103,8 @@ class RewardPrediction(NamedTuple):
     termination_prob: torch.Tensor          # (B,)
     achievement_probs: torch.Tensor | None  # (B, A) probability that the transition unlocks
                                             # each achievement; None without the unlock head
+    achievement_reward: torch.Tensor | None = None  # (B,) the part of `reward` paid for them
+    unlocked: torch.Tensor | None = None    # (B, A) the episode's unlocked state after it
 
 
 class RewardModel(nn.Module):
@@ -229,16 +231,23 @@ class RewardModel(nn.Module):
         return loss, metrics
 
     def predict(self, previous: torch.Tensor, actions: dict[str, torch.Tensor],
-                latents: torch.Tensor, reward_mode: str = "mean") -> RewardPrediction:
-        """Reward (B,) decoded by `reward_mode` (without the achievements' +1, which depends on
-        what the episode unlocked before: see `WorldModel.step`), its distribution (B, R), the
-        termination probability (B,) and the unlock probabilities (B, A) or None."""
+                latents: torch.Tensor, reward_mode: str = "mean",
+                unlocked: torch.Tensor | None = None) -> RewardPrediction:
+        """Reward (B,) decoded by `reward_mode`, the distribution (B, R) of its part other than
+        achievements, the termination probability (B,) and, with the unlock head, the unlock
+        probabilities (B, A), the achievements' part of the reward (each paid once per
+        episode given `unlocked` (B, A), what the episode unlocked before; None: nothing; see
+        `pay_once`; rounded in "mode") and the unlocked state after the transition."""
         reward_logits, termination_logits, achievement_logits = self.logits(previous, actions,
                                                                             latents)
-        return RewardPrediction(
-            self.heads.decode(reward_logits, reward_mode), reward_logits.softmax(-1),
-            termination_logits.sigmoid(),
-            None if achievement_logits is None else achievement_logits.sigmoid())
+        reward = self.heads.decode(reward_logits, reward_mode)
+        probs, once, after = None, None, None
+        if achievement_logits is not None:
+            probs = achievement_logits.sigmoid()
+            once, after = pay_once(probs, unlocked)
+            reward = reward + (once if reward_mode == "mean" else once.round())
+        return RewardPrediction(reward, reward_logits.softmax(-1), termination_logits.sigmoid(),
+                                probs, once, after)
 
 
 def pay_once(achievement_probs: torch.Tensor, unlocked: torch.Tensor | None

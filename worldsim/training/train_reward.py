@@ -36,7 +36,6 @@ from worldsim.models.reward_model import (
     RewardModel,
     RewardModelConfig,
     event_shares,
-    pay_once,
 )
 from worldsim.models.vae import VAE
 from worldsim.runtime import autocast
@@ -288,12 +287,11 @@ class RewardTask(TrainingTask):
             for i in range(0, len(index), 512):
                 b = self._transitions("val", index[i:i + 512],
                                       None if sampled is None else sampled[i:i + 512])
+                # Achievements are paid as at an episode's start (nothing unlocked before).
                 pred = model.predict(b["previous"], b["actions"], b["latents"], "mode")
                 reward, mean = pred.reward, pred.reward_probs @ model.support
-                if pred.achievement_probs is not None:
-                    # Paid as at an episode's start (nothing unlocked before).
-                    once = pay_once(pred.achievement_probs, None)[0]
-                    reward, mean = reward + once.round(), mean + once
+                if pred.achievement_reward is not None:
+                    mean = mean + pred.achievement_reward
                 rewards.append(reward.cpu().numpy())
                 expected.append(mean.cpu().numpy())
                 terms.append(pred.termination_prob.cpu().numpy())
