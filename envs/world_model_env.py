@@ -287,7 +287,7 @@ class _Rollouts:
         with autocast(self.wm.device, self.bf16):
             out = self.wm.step(self.state, actions, self.generator,
                                num_steps=self.num_sampling_steps, sampler=self.sampler)
-            self.shown = self.wm.render(out.latents, self.shown) \
+            self.shown = self.wm.render(out.latents, self.shown, out.decoded) \
                 if self.obs_mode == "rgb" else None
         self.steps += 1
         probs = out.reward_probs.float()

@@ -28,7 +28,7 @@ A checkpoint bundle is a directory::
 What a rollout shows goes through `render`, which uses the refiner when the bundle has one:
 
     shown = wm.render_start(frames[:, -1], latents[:, -1])    # a reset shows the real frame
-    shown = wm.render(out.latents, shown)                     # every step after it
+    shown = wm.render(out.latents, shown, out.decoded)        # every step after it
     shown.frames (B, H, W, 3) uint8
 """
 
@@ -59,6 +59,9 @@ class StepOutput:
     achievement_reward: torch.Tensor | None = None
     # (B,) the part of `reward` paid for achievements (each once per episode), with a reward
     # model that predicts unlocks; `reward_probs` is then the distribution of the rest
+    decoded: torch.Tensor | None = None
+    # uint8 (B, H, W, 3) with re-encoding: the decode of the sampled latent, the frame whose
+    # encoding `latents` is; `render` shows it instead of decoding `latents` once more
 
 
 @dataclass
@@ -285,10 +288,12 @@ class WorldModel:
         return Rendered(frames, decoded)
 
     @torch.no_grad()
-    def render(self, latents: torch.Tensor, previous: Rendered | None = None) -> Rendered:
+    def render(self, latents: torch.Tensor, previous: Rendered | None = None,
+               decoded: torch.Tensor | None = None) -> Rendered:
         """The frames a rollout shows for new latents (B, C, h, w), given what it showed
-        before (`previous`; None: no history, the plain decode)."""
-        decoded = self.decode(latents)
+        before (`previous`; None: no history, the plain decode). `decoded`: their frames if
+        the caller has them (`StepOutput.decoded`), which saves a decode per step."""
+        decoded = self.decode(latents) if decoded is None else decoded
         if self.refiner is None or previous is None:
             return Rendered(decoded, decoded)
         return Rendered(self.refiner.refine(decoded, previous.frames, previous.decoded), decoded)
@@ -350,12 +355,20 @@ class WorldModel:
         trip, the ones the rollout continues from."""
         actions = self.action_tensors(actions, (state.batch_size,))
         reencode = self.reencode if reencode is None else reencode
+        decoded: list[torch.Tensor] = []
+
+        def reencoded(latents: torch.Tensor) -> torch.Tensor:
+            # The round trip's decode is kept: it is the frame to show (its encoding is what
+            # the rollout continues from), so rendering needs no second decode.
+            decoded.append(self.decode(latents))
+            return self.encode(decoded[-1])
+
         with torch.no_grad():
             previous = state.last_latents  # the step rebinds it to the new frame
             out = self.dynamics.step(state, actions, generator,
                                      num_steps=num_steps or self.num_steps,
                                      sampler=sampler or self.sampler,
-                                     project=self.round_trip if reencode else None)
+                                     project=reencoded if reencode else None)
             reward, termination_prob, once = out.reward, out.termination_prob, None
             if self.reward_model is not None:
                 pred = self.reward_model.predict(previous, actions, out.latents.float(),
@@ -366,7 +379,7 @@ class WorldModel:
                 if pred.unlocked is not None:
                     out.state.unlocked = pred.unlocked.float()
         return StepOutput(out.latents, reward, termination_prob, out.state.reward_probs,
-                          out.state, once)
+                          out.state, once, decoded[0][:, 0] if decoded else None)
 
     @property
     def reward_support(self) -> torch.Tensor:

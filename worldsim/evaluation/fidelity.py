@@ -209,7 +209,7 @@ def teacher_forced(wm, episodes: Sequence[Episode], picks: np.ndarray, *, contex
                 for n in settings:
                     g = make_generator(wm.device, seed, chunk_id, 1, n)
                     out = wm.step(state.clone(), step_actions, g, num_steps=n)
-                    rendered = wm.render(out.latents, shown)
+                    rendered = wm.render(out.latents, shown, out.decoded)
                     dream[n][rows] = rendered.frames.cpu().numpy()
                     if n == heads_steps:
                         frames["dream_decoded"][rows] = rendered.decoded.cpu().numpy()
@@ -223,7 +223,7 @@ def teacher_forced(wm, episodes: Sequence[Episode], picks: np.ndarray, *, contex
                     alt = {key: v[rows] for key, v in counterfactual_actions.items()}
                     g = make_generator(wm.device, seed, chunk_id, 2)
                     out = wm.step(state.clone(), alt, g, num_steps=heads_steps)
-                    counter[rows] = wm.render(out.latents, shown).frames.cpu().numpy()
+                    counter[rows] = wm.render(out.latents, shown, out.decoded).frames.cpu().numpy()
             frames["current"][rows] = window[:, -2]
             frames["target"][rows] = window[:, -1]
             frames["current_vae"][rows] = round_trip[:, 0]
@@ -437,8 +437,8 @@ def open_loop(wm, episodes: Sequence[Episode], *, context: int, horizons: Sequen
             for j in range(L):
                 acts = {k: np.stack([np.asarray(episodes[e].actions[k][s + context - 1 + j])
                                      for e, s in rows]) for k in episodes[0].actions}
-                shown = wm.render(wm.step(state, acts, g, num_steps=num_steps,
-                                          reencode=reencode).latents, shown)
+                out = wm.step(state, acts, g, num_steps=num_steps, reencode=reencode)
+                shown = wm.render(out.latents, shown, out.decoded)
                 dream[i:i + batch_size, j] = shown.frames.cpu().numpy()
     real_vae = round_trip(wm, real.reshape(-1, H, W, 3), bf16).reshape(real.shape)
     return OpenLoopRun(starts=starts, context=context, horizons=kept, real=real, dream=dream,
@@ -797,8 +797,8 @@ def stability(wm, reference: StabilityReference, *, steps: int, rollouts: int, e
         shown = wm.render_start(frames[:, -1], latents[:, -1])
         for i in range(1, steps + 1):
             act = stack_actions(wm.action_space, policy.act(previous, rng))
-            shown = wm.render(wm.step(state, act, g, num_steps=num_steps,
-                                      reencode=reencode).latents, shown)
+            out = wm.step(state, act, g, num_steps=num_steps, reencode=reencode)
+            shown = wm.render(out.latents, shown, out.decoded)
             frame = shown.frames.cpu().numpy()
             stats = frame_statistics(frame, previous, reference.histogram)
             for name in STATISTICS:
