@@ -157,13 +157,17 @@ def test_interrupt_writes_the_episodes_in_progress(tmp_path):
     # An interrupt that lands while a worker resets Crafter (world generation takes a good
     # share of a random agent's short episodes) finds no step of a new episode to save, so a
     # run may legitimately end with no cut episode; try a few runs until one is cut.
-    for attempt in range(5):
+    for attempt in range(8):
         out = tmp_path / f"d{attempt}"
         # episodes of up to 10,000 steps: the ones in progress at the interrupt are long-running
         proc = _start_long_collect(out, "--num-envs", "2", "--seed", str(4 + attempt),
                                    "--max-episode-steps", "10000")
         try:
             _wait_for_episodes(out, 2, proc, envs=(0, 1))  # both workers are playing
+            # The episode that just appeared means its worker is now resetting; let the
+            # interrupt land at a different moment on each attempt, so attempts do not all
+            # fall into world generation together (a loaded machine made that happen).
+            time.sleep(0.15 * attempt)
             os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
             stdout, stderr = proc.communicate(timeout=60)
         finally:
