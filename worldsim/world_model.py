@@ -268,7 +268,13 @@ class WorldModel:
     def round_trip(self, latents: torch.Tensor) -> torch.Tensor:
         """encode(decode(latents)): (..., C, h, w) -> the same shape, back on the set of
         latents the encoder gives real frames (re-encoding)."""
-        return self.encode(self.decode(latents))
+        return self.round_trip_with_frames(latents)[1]
+
+    @torch.no_grad()
+    def round_trip_with_frames(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The round trip and the frames it passed through: uint8 (..., H, W, 3), (..., C, h, w)."""
+        frames = self.decode(latents)
+        return frames, self.encode(frames)
 
     @torch.no_grad()
     def render_start(self, frames: np.ndarray | torch.Tensor, latents: torch.Tensor,
@@ -360,8 +366,9 @@ class WorldModel:
         def reencoded(latents: torch.Tensor) -> torch.Tensor:
             # The round trip's decode is kept: it is the frame to show (its encoding is what
             # the rollout continues from), so rendering needs no second decode.
-            decoded.append(self.decode(latents))
-            return self.encode(decoded[-1])
+            frames, latents = self.round_trip_with_frames(latents)
+            decoded.append(frames)
+            return latents
 
         with torch.no_grad():
             previous = state.last_latents  # the step rebinds it to the new frame

@@ -567,20 +567,20 @@ def consistency(wm, store: EpisodeStore, episodes: Sequence[Episode], *, context
             state, shown = state0.clone(), shown0
             g = make_generator(wm.device, seed, 1, k)
             for _ in range(k):
-                turn = wm.step(state, {"action": out_a}, g, num_steps=num_steps).latents
-                shown = wm.render(turn, shown)
+                step = wm.step(state, {"action": out_a}, g, num_steps=num_steps)
+                turn, shown = step.latents, wm.render(step.latents, shown, step.decoded)
             dream_turn[k], turned = shown.frames.cpu().numpy(), shown
             for _ in range(k):
-                back = wm.step(state, {"action": back_a}, g, num_steps=num_steps).latents
-                shown = wm.render(back, shown)
+                back = wm.step(state, {"action": back_a}, g, num_steps=num_steps)
+                shown = wm.render(back.latents, shown, back.decoded)
             dream_return[k] = shown.frames.cpu().numpy()
             # The same dream with its memory cut at the turning point: it sees only the view
             # it reached, so whatever of the start is out of that view must be invented.
             forget = wm.start(turn[:, None], None, make_generator(wm.device, seed, 2, k))
             shown = turned
             for _ in range(k):
-                back = wm.step(forget, {"action": back_a}, g, num_steps=num_steps).latents
-                shown = wm.render(back, shown)
+                back = wm.step(forget, {"action": back_a}, g, num_steps=num_steps)
+                shown = wm.render(back.latents, shown, back.decoded)
             forget_return[k] = shown.frames.cpu().numpy()
     H, W = start.shape[1:3]
     real_turn = {k: np.zeros((S, H, W, 3), np.uint8) for k in ks}
