@@ -205,7 +205,7 @@ class _Rollouts:
     def __init__(self, wm: WorldModel, batch_size: int, *, obs_mode: str,
                  num_sampling_steps: int | None, sampler: str | None,
                  termination_threshold: float, reward_mode: str, context_frames: int | None,
-                 bf16: bool):
+                 bf16: bool, guidance: float | None = None):
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
         if reward_mode not in REWARD_MODES:
@@ -215,6 +215,8 @@ class _Rollouts:
                              f"{termination_threshold}")
         if num_sampling_steps is not None and num_sampling_steps < 1:
             raise ValueError(f"num_sampling_steps must be >= 1, got {num_sampling_steps}")
+        if guidance is not None and guidance <= 0:
+            raise ValueError(f"guidance must be positive, got {guidance}")
         if wm.num_start_contexts == 0:
             raise ValueError(f"{wm.source} ships no start contexts")
         K = wm.context_frames
@@ -224,6 +226,7 @@ class _Rollouts:
         self.wm, self.batch_size = wm, batch_size
         self.obs_mode, self.reward_mode, self.bf16 = obs_mode, reward_mode, bf16
         self.num_sampling_steps, self.sampler = num_sampling_steps, sampler
+        self.guidance = guidance
         self.termination_threshold = float(termination_threshold)
         self.context_frames = context_frames or K
         self.support = wm.reward_support.float()
@@ -286,7 +289,8 @@ class _Rollouts:
         probability (B,), reward distribution (B, R), all on the device."""
         with autocast(self.wm.device, self.bf16):
             out = self.wm.step(self.state, actions, self.generator,
-                               num_steps=self.num_sampling_steps, sampler=self.sampler)
+                               num_steps=self.num_sampling_steps, sampler=self.sampler,
+                               guidance=self.guidance)
             self.shown = self.wm.render(out.latents, self.shown, out.decoded) \
                 if self.obs_mode == "rgb" else None
         self.steps += 1
@@ -401,7 +405,8 @@ class WorldModelEnv(gym.Env):
     checkpoint: a bundle directory or a loaded `WorldModel` (shared, not copied).
     obs_mode: "rgb" or "latent". render_mode: None, "rgb_array" or "human" (a pygame window
     of `window_size` pixels). max_episode_steps: truncation (None: never). num_sampling_steps,
-    sampler: override the bundle's sampler settings (fewer steps: faster, blurrier).
+    sampler, guidance: override the bundle's sampler settings (fewer steps: faster, blurrier;
+    guidance: the classifier-free guidance scale on the action, 1 for none).
     device: "cpu", "cuda", ... (default: CUDA if available). termination_threshold, reward_mode:
     see above. context_frames: how many frames of each shipped start context to use (default
     all K). bf16: run the networks under bfloat16 autocast.
@@ -414,7 +419,8 @@ class WorldModelEnv(gym.Env):
                  num_sampling_steps: int | None = None, sampler: str | None = None,
                  device: str | torch.device | None = None, termination_threshold: float = 0.5,
                  reward_mode: str = "mean", context_frames: int | None = None,
-                 bf16: bool = False, window_size: int | tuple[int, int] = 512):
+                 bf16: bool = False, window_size: int | tuple[int, int] = 512,
+                 guidance: float | None = None):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or "
                              f"None, got {render_mode!r}")
@@ -423,7 +429,8 @@ class WorldModelEnv(gym.Env):
         self.world_model = wm = load_world_model(checkpoint, device)
         self._sim = _Rollouts(wm, 1, obs_mode=obs_mode, num_sampling_steps=num_sampling_steps,
                               sampler=sampler, termination_threshold=termination_threshold,
-                              reward_mode=reward_mode, context_frames=context_frames, bf16=bf16)
+                              reward_mode=reward_mode, context_frames=context_frames, bf16=bf16,
+                              guidance=guidance)
         self.obs_mode, self.render_mode = obs_mode, render_mode
         self.max_episode_steps = max_episode_steps
         self.metadata = {**type(self).metadata,
@@ -581,7 +588,7 @@ class WorldModelVectorEnv(VectorEnv):
                  sampler: str | None = None, device: str | torch.device | None = None,
                  termination_threshold: float = 0.5, reward_mode: str = "mean",
                  context_frames: int | None = None, bf16: bool = False,
-                 tensor_mode: bool = False):
+                 tensor_mode: bool = False, guidance: float | None = None):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -593,7 +600,8 @@ class WorldModelVectorEnv(VectorEnv):
         self._sim = _Rollouts(wm, num_envs, obs_mode=obs_mode,
                               num_sampling_steps=num_sampling_steps, sampler=sampler,
                               termination_threshold=termination_threshold,
-                              reward_mode=reward_mode, context_frames=context_frames, bf16=bf16)
+                              reward_mode=reward_mode, context_frames=context_frames, bf16=bf16,
+                              guidance=guidance)
         self.num_envs = num_envs
         self.obs_mode, self.render_mode, self.tensor_mode = obs_mode, render_mode, tensor_mode
         self.max_episode_steps = max_episode_steps

@@ -304,3 +304,70 @@ def test_event_share_and_hud_weight_of_dynamics_training(tiny_bundle, tmp_path):
     with pytest.raises(ValueError, match="hud_weight"):
         DynamicsTask(TrainDynamicsConfig(data=root / "data", vae=root / "run-vae",
                                          out=tmp_path / "bad", hud_weight=0.0), ctx.device)
+
+
+def action_sensitive_model() -> DynamicsModel:
+    """A tiny model whose output depends on the action: a fresh one does not (adaLN-Zero
+    starts every block as the identity), so its zero-initialised weights are drawn small."""
+    model = tiny_model()
+    with torch.no_grad():
+        for param in model.parameters():
+            if not param.any():
+                param.normal_(std=0.05)
+        model.action_encoder.encoders[0].table.weight.normal_(std=1.0)
+    return model
+
+
+def test_action_dropout_teaches_an_action_free_prediction():
+    """With action_dropout, training frames see the learned "no action" in place of their
+    action: at a share close to 1 the loss no longer depends on the actions at all; without
+    it, it does. Runs without dropout draw no extra random numbers."""
+    g = torch.Generator().manual_seed(0)
+    latents, actions, rewards, terminated = synthetic_batch(4, 5, g)
+    other = {"action": (actions["action"] + 1) % 5}
+
+    def loss(model, acts):
+        return model.loss(latents, acts, rewards, terminated,
+                          generator=torch.Generator().manual_seed(3))[0].item()
+
+    plain = action_sensitive_model()
+    dropped = tiny_model()
+    dropped.load_state_dict(plain.state_dict())
+    dropped.config = DynamicsConfig.from_dict({**plain.config.to_dict(),
+                                               "action_dropout": 0.9999})
+    assert loss(plain, actions) != loss(plain, other)
+    assert loss(dropped, actions) == loss(dropped, other)
+    assert DynamicsConfig.from_dict({k: v for k, v in plain.config.to_dict().items()
+                                     if k != "action_dropout"}).action_dropout == 0.0
+
+
+def test_guidance_scales_what_the_action_changes():
+    """Classifier-free guidance on the action: scale 1 is the plain step, scale 0 the
+    prediction under "no action" (the same whatever the action), and the guided sample
+    moves beyond the conditional one by (scale - 1) times its difference from that. The
+    two passes leave the cache as a plain step does."""
+    model = action_sensitive_model().eval()
+    g = torch.Generator().manual_seed(0)
+    latents, actions, _, _ = synthetic_batch(2, 3, g)
+
+    def step(action, guidance, project=None):
+        gen = torch.Generator().manual_seed(5)
+        state = model.start(latents, actions, gen)
+        out = model.step(state, {"action": torch.tensor(action)}, gen, num_steps=1,
+                         guidance=guidance,
+                         project=project)
+        return out.latents, state
+
+    conditional, _ = step([1, 4], 1.0)
+    unconditional, _ = step([1, 4], 0.0)
+    torch.testing.assert_close(unconditional, step([2, 0], 0.0)[0])
+    assert not torch.allclose(conditional, unconditional)
+    guided, guided_state = step([1, 4], 3.0)
+    # one Euler step from sigma_max to 0 lands on the denoiser's output, which is linear
+    # in the two predictions
+    torch.testing.assert_close(guided, unconditional + 3.0 * (conditional - unconditional))
+    # the same frame appended by a plain step leaves the same cache
+    _, plain_state = step([1, 4], 1.0, project=lambda _: guided[:, None])
+    for ours, plain in zip(guided_state.cache.keys, plain_state.cache.keys, strict=True):
+        torch.testing.assert_close(ours, plain)
+    assert guided_state.position.tolist() == plain_state.position.tolist()

@@ -139,6 +139,8 @@ class WorldModel:
         # hundred steps; the round trip puts each frame back on it. Bundles made before the
         # setting existed did not re-encode.
         self.reencode: bool = bool(sampling.get("reencode", False))
+        # Classifier-free guidance scale on the action (1: none; see DynamicsModel.step).
+        self.guidance: float = float(sampling.get("guidance", 1.0))
         self.start_frames = start_frames      # uint8 (N, K, H, W, 3)
         self.start_actions = start_actions    # {key: (N, K-1, ...)}
         # bool (N, A): achievements unlocked before each start context's last frame, for a
@@ -354,10 +356,10 @@ class WorldModel:
 
     def step(self, state, actions: dict[str, Any], generator: torch.Generator | None = None,
              num_steps: int | None = None, sampler: str | None = None,
-             reencode: bool | None = None) -> StepOutput:
-        """One imagined step for every row: actions {key: (B, ...)}. `num_steps`, `sampler`
-        and `reencode` override the bundle's defaults (`self.num_steps`, `self.sampler`,
-        `self.reencode`). With re-encoding the returned latents are those of the VAE round
+             reencode: bool | None = None, guidance: float | None = None) -> StepOutput:
+        """One imagined step for every row: actions {key: (B, ...)}. `num_steps`, `sampler`,
+        `reencode` and `guidance` override the bundle's defaults (`self.num_steps`,
+        `self.sampler`, `self.reencode`, `self.guidance`). With re-encoding the returned latents are those of the VAE round
         trip, the ones the rollout continues from."""
         actions = self.action_tensors(actions, (state.batch_size,))
         reencode = self.reencode if reencode is None else reencode
@@ -375,7 +377,8 @@ class WorldModel:
             out = self.dynamics.step(state, actions, generator,
                                      num_steps=num_steps or self.num_steps,
                                      sampler=sampler or self.sampler,
-                                     project=reencoded if reencode else None)
+                                     project=reencoded if reencode else None,
+                                     guidance=self.guidance if guidance is None else guidance)
             reward, termination_prob, once = out.reward, out.termination_prob, None
             if self.reward_model is not None:
                 pred = self.reward_model.predict(previous, actions, out.latents.float(),
@@ -400,12 +403,14 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
                  context_frames: int = DEFAULT_CONTEXT_FRAMES, seed: int = 0,
                  metrics: dict | None = None, num_steps: int | None = None,
                  sampler: str | None = None, reward_checkpoint: str | Path | None = None,
-                 refiner_checkpoint: str | Path | None = None, reencode: bool = True) -> Path:
+                 refiner_checkpoint: str | Path | None = None, reencode: bool = True,
+                 guidance: float = 1.0) -> Path:
     """Assemble a bundle from a VAE checkpoint, a dynamics checkpoint (EMA weights), optionally
     a reward model checkpoint and a frame refiner checkpoint, and real start contexts drawn
     (seeded) from the validation episodes of the dataset `data`. `num_steps` / `sampler`: the
     bundle's default sampler settings (None: the dynamics model's); `reencode`: whether
-    rollouts re-encode every sampled latent (`WorldModel.reencode`). `metrics`: None takes those recorded in the
+    rollouts re-encode every sampled latent (`WorldModel.reencode`); `guidance`: the
+    classifier-free guidance scale on the action (`WorldModel.guidance`). `metrics`: None takes those recorded in the
     dynamics checkpoint."""
     import tempfile
 
@@ -423,6 +428,14 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
     diffusion = dynamics.config.diffusion
     sampling = {"num_steps": int(num_steps or diffusion.num_steps),
                 "sampler": sampler or diffusion.sampler, "reencode": bool(reencode)}
+    if guidance != 1.0:  # recorded only when on, so bundles without it read as before
+        if guidance <= 0:
+            raise ValueError(f"guidance must be positive, got {guidance}")
+        if dynamics.config.action_dropout == 0:
+            raise ValueError(f"guidance {guidance} needs a dynamics model trained with "
+                             f"action_dropout > 0; {dynamics_checkpoint} was not (its "
+                             "\"no action\" prediction is untrained)")
+        sampling["guidance"] = float(guidance)
     if sampling["num_steps"] < 1:
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
     get_sampler(sampling["sampler"])  # an unknown name raises, listing the choices
@@ -548,6 +561,9 @@ class BundleConfig:
     reencode: bool = True
     """Rollouts pass every sampled latent through the VAE (decode, encode) before continuing
     from it, which keeps long dreams from washing out (see docs/DESIGN-NOTES.md)."""
+    guidance: float = 1.0
+    """Classifier-free guidance scale on the action (1: none); needs a dynamics model trained
+    with `--action-dropout`. Each sampler step then runs the network twice."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -560,7 +576,7 @@ def main(argv: list[str] | None = None) -> None:
                        dynamics_checkpoint=resolve_checkpoint(cfg.dynamics), data=cfg.data,
                        num_contexts=cfg.num_contexts, context_frames=cfg.context_frames,
                        seed=cfg.seed, num_steps=cfg.sample_steps, sampler=cfg.sampler,
-                       reencode=cfg.reencode,
+                       reencode=cfg.reencode, guidance=cfg.guidance,
                        reward_checkpoint=None if cfg.reward is None else resolve_checkpoint(cfg.reward),
                        refiner_checkpoint=None if cfg.refiner is None else resolve_checkpoint(cfg.refiner))
     print(f"bundle: {out}", flush=True)

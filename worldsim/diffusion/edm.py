@@ -185,6 +185,24 @@ class OffsetDenoiser:
         return self.offset + self.denoiser(x - self.offset, sigma, cond)
 
 
+@dataclass
+class GuidedDenoiser:
+    """Classifier-free guidance (Ho & Salimans 2022): D_u + scale * (D_c - D_u), where D_c is
+    the denoiser under the call's conditioning and D_u under `unconditional` (the same model
+    with what is guided on left out). scale 1 is D_c; above 1 it pushes the sample further
+    toward what the condition changes. Two network evaluations per call.
+    """
+
+    denoiser: Denoiser
+    unconditional: Any
+    scale: float
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
+        conditional = self.denoiser(x, sigma, cond)
+        unconditional = self.denoiser(x, sigma, self.unconditional)
+        return unconditional + self.scale * (conditional - unconditional)
+
+
 def residual_diffusion_config(residual_std: float, **overrides: Any) -> DiffusionConfig:
     """Noise levels for diffusing frame-to-frame changes of standard deviation `residual_std`
     (in normalised latent units): sigma_data is that standard deviation, and the training and

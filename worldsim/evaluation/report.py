@@ -84,6 +84,8 @@ class EvalConfig:
     """torch threads (0: $WORLDSIM_THREADS or torch's default)."""
     context: int = 0
     """Real context frames K given to the model (0: the DiT's window minus one)."""
+    guidance: float | None = None
+    """Classifier-free guidance scale on the action for every dream (None: the bundle's)."""
     batch_size: int = 32
     """Rows per model call."""
     tf_transitions: int | None = None
@@ -220,6 +222,8 @@ class Evaluation:
         self.cfg, self.log = cfg, log
         configure(cfg.threads or None)
         self.wm = worldsim.load(cfg.checkpoint, device=cfg.device)
+        if cfg.guidance is not None:
+            self.wm.guidance = float(cfg.guidance)
         data = cfg.data or self.wm.config.get("data", {}).get("path")
         if data is None:
             raise ValueError(f"{cfg.checkpoint} records no dataset; pass --data")
@@ -250,6 +254,11 @@ class Evaluation:
         self.timing: dict[str, float] = {}
         self._tf_run = None
         torch.manual_seed(cfg.seed)
+
+    def _guidance_note(self) -> str:
+        g = self.wm.guidance
+        return "" if g == 1 else (f", with classifier-free guidance {g:g} on the action (two "
+                                  "network evaluations per sampler step)")
 
     def _out_dir(self) -> Path:
         if self.cfg.out is not None:
@@ -900,6 +909,7 @@ class Evaluation:
             "validation_transitions": int(sum(ep.length for ep in self.episodes)),
             "context_frames": self.context, "window": self.wm.window,
             "default_sampler_steps": self.heads_steps,
+            "guidance": self.wm.guidance,
             "config": resolved, "worldsim_version": worldsim.__version__,
             "timing_s": dict(self.timing), "figures": sorted(self.figures),
             **self.metrics}
@@ -910,7 +920,8 @@ class Evaluation:
               f"{len(self.episodes)} validation episodes "
               f"({self.metrics['validation_transitions']} transitions). The model sees "
               f"{self.context} real context frames (attention window {self.wm.window}) and "
-              f"samples with {self.heads_steps} Euler steps unless said otherwise. Seed "
+              f"samples with {self.heads_steps} Euler steps unless said otherwise"
+              f"{self._guidance_note()}. Seed "
               f"{cfg.seed}{', quick settings' if cfg.quick else ''}"
               f"{', bf16 autocast' if cfg.bf16 else ', fp32'}.\n",
               "Reproduce: `worldsim eval " + " ".join(self._argv()) + "`\n",

@@ -32,6 +32,7 @@ from torch import nn
 from worldsim.diffusion.edm import (
     Denoiser,
     DiffusionConfig,
+    GuidedDenoiser,
     OffsetDenoiser,
     add_noise,
     append_dims,
@@ -99,13 +100,18 @@ class DynamicsConfig:
     teacher_forcing_prob: float = TEACHER_FORCING_PROB
     """Share of training windows in the teacher-forcing layout (every frame noisy, attending to
     nearly clean copies of the earlier frames); the rest use Diffusion Forcing."""
-    ADDED_LATER: typing.ClassVar[dict[str, Any]] = {"residual": False}
+    ADDED_LATER: typing.ClassVar[dict[str, Any]] = {"residual": False, "action_dropout": 0.0}
 
     residual: bool = True
     """Diffuse each frame's change from the frame before it rather than the frame itself
     (`edm.OffsetDenoiser`): an untrained model copies the last frame, and training spends
     itself on what changes. `diffusion.sigma_data` is then the changes' standard deviation
     (`edm.residual_diffusion_config`)."""
+
+    action_dropout: float = 0.0
+    """Share of training frames whose action is replaced by the learned "no action" vector,
+    so that the same network also predicts a frame without knowing the action that led to it:
+    the unconditional prediction of classifier-free guidance (`step`'s `guidance`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable values."""
@@ -491,6 +497,12 @@ class DynamicsModel(nn.Module):
         rewards = torch.as_tensor(rewards, device=device)
         terminated = torch.as_tensor(terminated, device=device)
         action_emb = self.embed_actions(actions, T)
+        if cfg.action_dropout > 0:
+            # Frame 0 already carries "no action"; drawn only when on, so runs without it keep
+            # their random stream.
+            dropped = torch.rand(B, T, generator=generator, device=device) < cfg.action_dropout
+            action_emb = torch.where(dropped[..., None],
+                                     self.action_encoder.null.to(action_emb.dtype), action_emb)
         sigma, teacher_forcing = self.training_noise_levels(B, T, generator, device)
         noise = torch.randn(latents.shape, generator=generator, device=device)
         context_noise = torch.randn(latents.shape, generator=generator, device=device)
@@ -570,7 +582,8 @@ class DynamicsModel(nn.Module):
     def step(self, state: RolloutState, actions: dict[str, torch.Tensor],
              generator: torch.Generator | None = None, num_steps: int | None = None,
              sampler: str | None = None, reward_mode: str = "mean",
-             project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> StepResult:
+             project: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             guidance: float = 1.0) -> StepResult:
         """Sample the next frame of every row given the action taken in the current one.
 
         actions: {key: (B, *sub_shape)}. Random numbers are drawn from `generator` in this
@@ -581,6 +594,10 @@ class DynamicsModel(nn.Module):
         Network evaluations: those of the sampler (`num_steps` Euler steps = num_steps) + 1.
         `project`: maps the sampled latents (B, 1, C, h, w) to the ones that enter the context
         and are returned; `WorldModel` passes a VAE round trip (re-encoding, see there).
+        `guidance`: classifier-free guidance scale on the action (`edm.GuidedDenoiser`; the
+        unconditional prediction sees the learned "no action", which only a model trained
+        with `action_dropout` knows as such). 1: none; otherwise each sampler evaluation
+        runs the network twice.
         """
         dcfg = self.config.diffusion
         B, C, h, w = state.last_latents.shape
@@ -591,14 +608,20 @@ class DynamicsModel(nn.Module):
         sigmas = karras_sigmas(num_steps or dcfg.num_steps, dcfg.sample_sigma_min,
                                dcfg.sample_sigma_max, dcfg.rho, device=self.device)
         previous = state.last_latents[:, None]  # (B, 1, C, h, w)
+        cond = Conditioning(action_emb, state.cache, previous=state.last_seen[:, None])
         denoiser, start = self.denoiser, 0.0
+        if guidance != 1.0:
+            # Both passes attend to the same cache: a sampling pass writes the new frame's
+            # keys/values to its slot without committing them, and the append pass overwrites.
+            no_action = self.action_encoder.null.to(action_emb.dtype).expand_as(action_emb)
+            denoiser = GuidedDenoiser(denoiser, dataclasses.replace(cond, action_emb=no_action),
+                                      float(guidance))
         if self.config.residual:
             denoiser, start = OffsetDenoiser(denoiser, previous), previous
         x = start + torch.randn((B, 1, C, h, w), generator=generator,
                                 device=self.device) * sigmas[0]
         sample = get_sampler(sampler or dcfg.sampler)
-        latents = sample(denoiser, x, sigmas,
-                         Conditioning(action_emb, state.cache, previous=state.last_seen[:, None]))
+        latents = sample(denoiser, x, sigmas, cond)
         if project is not None:
             latents = project(latents).float()
         tokens, seen = self._append(latents, action_emb, state.cache, generator,

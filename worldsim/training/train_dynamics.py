@@ -91,6 +91,10 @@ class TrainDynamicsConfig:
     take the bottom 2/9). 0: every position weighs the same."""
     hud_weight: float = 1.0
     """Loss weight of the `hud_fraction` rows relative to the rest of the frame."""
+    action_dropout: float = 0.0
+    """Share of training frames that see the learned "no action" in place of their action, so
+    the model learns the unconditional prediction that classifier-free guidance on the action
+    needs (`--guidance` when sampling). Applies to a fine-tuned model too."""
     train: TrainConfig = field(default_factory=_default_train)
     eval_windows: int = 32
     """Validation windows used by each evaluation."""
@@ -132,6 +136,8 @@ class DynamicsTask(TrainingTask):
         if not 0 <= cfg.event_share < 1 or not 0 <= cfg.hud_fraction <= 1 or cfg.hud_weight <= 0:
             raise ValueError("event_share must be in [0, 1), hud_fraction in [0, 1] and "
                              "hud_weight positive")
+        if not 0 <= cfg.action_dropout < 1:
+            raise ValueError(f"action_dropout must be in [0, 1), got {cfg.action_dropout}")
         # which windows hold an event: only needed (one pass over every window) to oversample
         events = (self.train_set.transition_events().any(1) if cfg.event_share > 0
                   else np.zeros(0, bool))
@@ -146,6 +152,9 @@ class DynamicsTask(TrainingTask):
                 raise ValueError(f"cannot fine-tune {cfg.init_from} (window "
                                  f"{initial.config.dit.window}) on windows of {window} frames; "
                                  "lower --window")
+            # a training setting, not part of the architecture: the fine-tune's own
+            initial.config = dataclasses.replace(initial.config,
+                                                 action_dropout=cfg.action_dropout)
             self.model, self.dynamics_config = initial, initial.config
         else:
             heads = self._heads_config()
@@ -154,7 +163,8 @@ class DynamicsTask(TrainingTask):
                          else DiffusionConfig())
             self.dynamics_config = DynamicsConfig(dit=dit, diffusion=diffusion, heads=heads,
                                                   teacher_forcing_prob=cfg.teacher_forcing_prob,
-                                                  residual=cfg.residual)
+                                                  residual=cfg.residual,
+                                                  action_dropout=cfg.action_dropout)
             self.model = DynamicsModel(self.dynamics_config, self.store.action_space)
         self.model = self.model.to(self.device).train()
         self._eval_windows: dict[str, Any] | None = None
@@ -224,7 +234,8 @@ class DynamicsTask(TrainingTask):
         fine_tuning = {} if c.init_from is None else {"init_from": str(c.init_from)}
         # the sampling and weighting options likewise only when they are in use
         emphasis = {k: getattr(c, k) for k, default in
-                    (("event_share", 0.0), ("hud_fraction", 0.0), ("hud_weight", 1.0))
+                    (("event_share", 0.0), ("hud_fraction", 0.0), ("hud_weight", 1.0),
+                     ("action_dropout", 0.0))
                     if getattr(c, k) != default}
         return {"dynamics": self.dynamics_config.to_dict(), "window": self.window, **fine_tuning,
                 **emphasis,
