@@ -188,18 +188,22 @@ class OffsetDenoiser:
 @dataclass
 class GuidedDenoiser:
     """Classifier-free guidance (Ho & Salimans 2022): D_u + scale * (D_c - D_u), where D_c is
-    the denoiser under the call's conditioning and D_u under `unconditional` (the same model
-    with what is guided on left out). scale 1 is D_c; above 1 it pushes the sample further
-    toward what the condition changes. Two network evaluations per call.
+    the denoiser under the condition and D_u without it (the same model with what is guided on
+    left out). scale 1 is D_c; above 1 it pushes the sample further toward what the condition
+    changes.
+
+    Both predictions come from one network call on a doubled batch, so the conditioning the
+    sampler passes must be paired: 2B rows, the first B with the condition, the last B
+    without it (`DynamicsModel.step` builds it). One call of 2B rows instead of two calls of
+    B: at the small batches of play and evaluation the network's cost is mostly per call.
     """
 
     denoiser: Denoiser
-    unconditional: Any
     scale: float
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
-        conditional = self.denoiser(x, sigma, cond)
-        unconditional = self.denoiser(x, sigma, self.unconditional)
+        both = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), cond)
+        conditional, unconditional = both.chunk(2)
         return unconditional + self.scale * (conditional - unconditional)
 
 

@@ -597,7 +597,7 @@ class DynamicsModel(nn.Module):
         `guidance`: classifier-free guidance scale on the action (`edm.GuidedDenoiser`; the
         unconditional prediction sees the learned "no action", which only a model trained
         with `action_dropout` knows as such). 1: none; otherwise each sampler evaluation
-        runs the network twice.
+        runs the network on twice the rows (with and without the action, in one call).
         """
         dcfg = self.config.diffusion
         B, C, h, w = state.last_latents.shape
@@ -611,11 +611,14 @@ class DynamicsModel(nn.Module):
         cond = Conditioning(action_emb, state.cache, previous=state.last_seen[:, None])
         denoiser, start = self.denoiser, 0.0
         if guidance != 1.0:
-            # Both passes attend to the same cache: a sampling pass writes the new frame's
-            # keys/values to its slot without committing them, and the append pass overwrites.
+            # The guided pair runs as one batch of 2B rows over a copy of the cache (the
+            # sampling passes write the new frame's keys/values to its slot of that copy; the
+            # append pass below writes them to the rollout's own cache).
             no_action = self.action_encoder.null.to(action_emb.dtype).expand_as(action_emb)
-            denoiser = GuidedDenoiser(denoiser, dataclasses.replace(cond, action_emb=no_action),
-                                      float(guidance))
+            cond = Conditioning(torch.cat([action_emb, no_action]),
+                                state.cache.select(torch.arange(B, device=self.device).repeat(2)),
+                                previous=cond.previous.repeat(2, 1, 1, 1, 1))
+            denoiser = GuidedDenoiser(denoiser, float(guidance))
         if self.config.residual:
             denoiser, start = OffsetDenoiser(denoiser, previous), previous
         x = start + torch.randn((B, 1, C, h, w), generator=generator,
