@@ -5,9 +5,10 @@ dream env stepped with random actions (the ceiling: no agent at all), in one run
     python benchmarks/imagination_speed.py --checkpoint BUNDLE --batches 8 32 --obs-modes latent
     python benchmarks/imagination_speed.py --checkpoint BUNDLE --batches 32 --obs-modes rgb \
         --preset small --precisions fp32 bf16     # the setting of examples/agents_in_imagination.sh
+    python benchmarks/imagination_speed.py --checkpoint BUNDLE --guidances 1 2   # guidance's cost
 
-For each (obs mode, batch size N, world-model precision fp32 / bf16): the dream vector env in
-tensor mode;
+For each (obs mode, batch size N, world-model precision fp32 / bf16, guidance scale): the
+dream vector env in tensor mode;
 - env_only:   steps/s of env.step with random actions;
 - collect:    steps/s of the trainer's rollout (the agent acts on every frame);
 - train:      imagined steps/s of whole updates (rollout of `horizon` steps + the gradient
@@ -52,18 +53,23 @@ class Config:
     precisions: tuple[Literal["fp32", "bf16"], ...] = ("fp32", "bf16")
     """World model precisions to measure (bf16: under bfloat16 autocast, as `worldsim imagine
     --bf16`)."""
+    guidances: tuple[float, ...] = ()
+    """Classifier-free guidance scales to measure (empty: the bundle's own). Scale 1 is one
+    network call per sampler step, any other scale one call on twice the rows."""
     threads: int = 0
     """torch threads (0: torch's default)."""
     out: Path | None = None
     """Also write the JSON here (atomically)."""
 
 
-def measure(cfg: Config, obs_mode: str, num_envs: int, bf16: bool) -> dict[str, float]:
+def measure(cfg: Config, obs_mode: str, num_envs: int, bf16: bool,
+            guidance: float | None = None) -> dict[str, float]:
     import envs  # noqa: F401  (registers worldsim/*)
 
+    overrides = {} if guidance is None else {"guidance": guidance}
     env = gym.make_vec("worldsim/Dream-v0", num_envs=num_envs,
                        vectorization_mode="vector_entry_point", checkpoint=str(cfg.checkpoint),
-                       obs_mode=obs_mode, tensor_mode=True, bf16=bf16)
+                       obs_mode=obs_mode, tensor_mode=True, bf16=bf16, **overrides)
     try:
         env.reset(seed=0)
         n = env.single_action_space.n
@@ -106,10 +112,12 @@ def main(cfg: Config) -> dict:
     for obs_mode in cfg.obs_modes:
         for n in cfg.batches:
             for precision in cfg.precisions:
-                case = {"obs_mode": obs_mode, "num_envs": n, "precision": precision,
-                        **measure(cfg, obs_mode, n, bf16=precision == "bf16")}
-                results["cases"].append(case)
-                print(json.dumps(case), flush=True)
+                for guidance in cfg.guidances or (None,):
+                    case = {"obs_mode": obs_mode, "num_envs": n, "precision": precision,
+                            "guidance": guidance,
+                            **measure(cfg, obs_mode, n, precision == "bf16", guidance)}
+                    results["cases"].append(case)
+                    print(json.dumps(case), flush=True)
     if cfg.out is not None:
         tmp = cfg.out.with_name(f".tmp-{os.getpid()}-{cfg.out.name}")
         tmp.write_text(json.dumps(results, indent=2))

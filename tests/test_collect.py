@@ -106,6 +106,23 @@ def test_other_gymnasium_env_through_its_renderer(tmp_path):
     assert store.action_space == spaces.Discrete(2)
 
 
+def test_same_seed_gives_same_names_and_split_and_is_refused_twice(tmp_path):
+    """Names come from the seed, so collecting the same games into a new directory gives the
+    same train/validation split; collecting a seed again into the same directory is an error
+    (it would only duplicate games)."""
+    kwargs = dict(steps=40, policy="random", seed=3, num_envs=2, size=(24, 32),
+                  max_episode_steps=7, progress=False)
+    collect("CartPole-v1", out=tmp_path / "a", **kwargs)
+    collect("CartPole-v1", out=tmp_path / "b", **kwargs)
+    a, b = EpisodeStore(tmp_path / "a"), EpisodeStore(tmp_path / "b")
+    assert sorted(a.names) == sorted(b.names) and a.names[0].startswith("ep-seed3-env")
+    assert a.split("val") == b.split("val") and a.split("train") == b.split("train")
+    with pytest.raises(ValueError, match="already holds episodes collected with seed 3"):
+        collect("CartPole-v1", out=tmp_path / "a", **kwargs)
+    collect("CartPole-v1", out=tmp_path / "a", **{**kwargs, "seed": 4})  # another seed adds
+    assert len(EpisodeStore(tmp_path / "a").names) > len(b.names)
+
+
 def test_unknown_env_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown env id 'NoSuchEnv-v9'"):
         collect("NoSuchEnv-v9", steps=5, out=tmp_path, progress=False)

@@ -12,8 +12,10 @@ Any env works whose observations are RGB frames (uint8 (H, W, 3)) or that render
 
 Reproducible: given --seed, --num-envs and --workers, episode i of env k is reset with the
 seed derived from (seed, k, i) (stored in the episode's info) and the policy draws from a
-generator derived from (seed, worker). Without --seed a fresh one is drawn and recorded, so
-running again on the same DIR appends new, different play.
+generator derived from (seed, worker). Episode names derive from the seed too
+(ep-seed<S>-env<k>-<i>), so the train/validation split, which hashes the name, is the same
+whenever the same games are collected. Without --seed a fresh one is drawn and recorded, so
+running again on the same DIR appends new, different play; a seed already in DIR is refused.
 
 Never loses finished play: each episode is written atomically as soon as it ends. The
 episodes in progress when the step budget runs out, or on Ctrl-C / SIGTERM, are written too,
@@ -30,7 +32,6 @@ import signal
 import sys
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -381,7 +382,13 @@ def collect(env_id: str, steps: int, out: str | os.PathLike, policy: str = "stic
                          f"not {env_kwargs}; use another --out")
     store.remove_stale_temporaries()
 
-    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    # Episode names come from the seed, not the clock: the train/validation split hashes the
+    # name (store.is_validation), so collecting the same games again gives the same split, and
+    # a model evaluated on re-collected data is never scored on games it trained on.
+    run_id = f"seed{seed}"
+    if any(name.startswith(f"ep-{run_id}-") for name in store.names):
+        raise ValueError(f"{out} already holds episodes collected with seed {seed} (the same "
+                         f"seed plays the same games again); pass another --seed to add more")
     budgets = [steps // num_envs + (k < steps % num_envs) for k in range(num_envs)]
     jobs = [_Job(root=str(out), env_id=env_id, size=size, env_kwargs=env_kwargs,
                  max_episode_steps=max_episode_steps, policy=policy, seed=seed, run_id=run_id,
