@@ -7,7 +7,8 @@ set -euo pipefail
 out=${1:-runs/default-eval}
 bundle=$(python -c "from envs.world_model_env import DEFAULT_CHECKPOINT; print(DEFAULT_CHECKPOINT)")
 mkdir -p "$out"
-worldsim collect --env worldsim/Crafter-v0 --steps 20000 --out "$out/crafter-heldout" \
+[ -e "$out/crafter-heldout/dataset.json" ] ||  # a re-run keeps the play it collected
+    worldsim collect --env worldsim/Crafter-v0 --steps 20000 --out "$out/crafter-heldout" \
     --num-envs 2 --seed 12345
 worldsim eval --checkpoint "$bundle" --data "$out/crafter-heldout" --out "$out/eval"
 worldsim dream --checkpoint "$bundle" --steps 200 --out "$out/dream_vs_real.mp4" --side-by-side

@@ -257,8 +257,8 @@ class Evaluation:
 
     def _guidance_note(self) -> str:
         g = self.wm.guidance
-        return "" if g == 1 else (f", with classifier-free guidance {g:g} on the action (two "
-                                  "network evaluations per sampler step)")
+        return "" if g == 1 else (f", with classifier-free guidance {g:g} on the action (each "
+                                  "sampler step runs the network on twice the rows)")
 
     def _out_dir(self) -> Path:
         if self.cfg.out is not None:
