@@ -64,12 +64,12 @@ class Config:
 
 def measure(cfg: Config, obs_mode: str, num_envs: int, bf16: bool,
             guidance: float | None = None) -> dict[str, float]:
+    """guidance None: the bundle's own."""
     import envs  # noqa: F401  (registers worldsim/*)
 
-    overrides = {} if guidance is None else {"guidance": guidance}
     env = gym.make_vec("worldsim/Dream-v0", num_envs=num_envs,
                        vectorization_mode="vector_entry_point", checkpoint=str(cfg.checkpoint),
-                       obs_mode=obs_mode, tensor_mode=True, bf16=bf16, **overrides)
+                       obs_mode=obs_mode, tensor_mode=True, bf16=bf16, guidance=guidance)
     try:
         env.reset(seed=0)
         n = env.single_action_space.n
