@@ -290,10 +290,10 @@ def test_event_share_and_hud_weight_of_dynamics_training(tiny_bundle, tmp_path):
                               eval_horizon=2, eval_context=2)
     ctx = setup(cfg.train)
     task = DynamicsTask(cfg, ctx.device)
-    assert len(task.train_events) > 0
+    assert len(task.train_oversampled) > 0
     batch = task.sample_batch(np.random.default_rng(0), 400)
     has_event = ((batch["rewards"] != 0) | batch["terminated"]).any(1).float().mean().item()
-    natural = len(task.train_events) / len(task.train_set)
+    natural = len(task.train_oversampled) / len(task.train_set)
     assert natural < 0.4 and 0.4 < has_event < 0.6
     h = task.position_weight.shape[0]
     rows = int(np.ceil(0.25 * h))
@@ -304,6 +304,44 @@ def test_event_share_and_hud_weight_of_dynamics_training(tiny_bundle, tmp_path):
     with pytest.raises(ValueError, match="hud_weight"):
         DynamicsTask(TrainDynamicsConfig(data=root / "data", vae=root / "run-vae",
                                          out=tmp_path / "bad", hud_weight=0.0), ctx.device)
+
+
+def test_init_window_widens_a_fine_tuned_models_window(tiny_bundle, tmp_path):
+    """--init-window keeps every weight of the initial model and only lengthens its attention
+    window (and the training windows): its denoiser on a short window is unchanged, and
+    the run's config records the widening."""
+    from tiny_bundle import tiny_train
+
+    from worldsim.training.loop import setup
+    from worldsim.training.train_dynamics import DynamicsTask, TrainDynamicsConfig
+    from worldsim.world_model import load_dynamics
+
+    root = tiny_bundle.parent.parent
+    initial, _ = load_dynamics(tiny_bundle)
+    wide = initial.config.dit.window + 2
+    cfg = TrainDynamicsConfig(data=root / "data", vae=root / "run-vae", out=tmp_path / "run",
+                              init_from=tiny_bundle, init_window=wide, train=tiny_train(2, 4),
+                              eval_windows=2, eval_horizon=2, eval_context=2)
+    task = DynamicsTask(cfg, setup(cfg.train).device)
+    assert task.model.config.dit.window == wide and task.window == wide
+    assert task.config()["init_window"] == wide
+    for name, tensor in initial.state_dict().items():
+        assert torch.equal(tensor, task.model.state_dict()[name]), name
+    batch = task.sample_batch(np.random.default_rng(0), 2)
+    assert batch["latents"].shape[1] == wide
+    # On windows no longer than the initial model's, the two see the same frames.
+    T = initial.config.dit.window
+    window = (batch["latents"][:, :T], {k: v[:, :T - 1] for k, v in batch["actions"].items()},
+              batch["rewards"][:, :T - 1], batch["terminated"][:, :T - 1])
+    task.model.eval()
+    with torch.no_grad():
+        a, _ = initial.loss(*window, generator=torch.Generator().manual_seed(0))
+        b, _ = task.model.loss(*window, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="needs --init-from"):
+        DynamicsTask(TrainDynamicsConfig(data=root / "data", vae=root / "run-vae",
+                                         out=tmp_path / "bad", init_window=wide),
+                     setup(cfg.train).device)
 
 
 def action_sensitive_model() -> DynamicsModel:

@@ -226,3 +226,38 @@ def test_last_transition_events_mark_rewards_and_terminations(tmp_path):
     every = ds.transition_events()
     assert every.shape == (len(ds), 2) and np.array_equal(every[:, -1], events)
     assert np.array_equal(every, (batch["rewards"] != 0) | batch["terminated"])
+
+
+def scrolled_view(world: np.ndarray, x: int) -> np.ndarray:
+    """The 8x8 view of a wide random `world` (8, width, 3) whose left edge is at column x."""
+    return world[:, x:x + 8]
+
+
+def test_revisits_mark_windows_whose_view_comes_back(tmp_path):
+    """A view scrolling 3 columns out and 3 back revisits its start; a view scrolling one way
+    does not, nor does one that changes a little in place (a player turning, say)."""
+    rng = np.random.default_rng(0)
+    world = rng.integers(0, 256, (8, 40, 3), dtype=np.uint8)
+    store = new_store(tmp_path)
+    # episode 0: still for 4 frames, 3 steps right, 3 back left, still for 4 frames
+    path = [0] * 4 + [1, 2, 3, 2, 1, 0] + [0] * 4
+    # episode 1: scrolls right one column per frame, never back
+    onward = list(range(14))
+    # episode 2: in place, with a small flicker (two pixels) every other frame
+    for tag, xs in enumerate((path, onward, [0] * 14)):
+        ep = make_episode(len(xs) - 1, tag=tag, seed=tag)
+        ep.frames[:] = np.stack([scrolled_view(world, x) for x in xs])
+        if tag == 2:
+            ep.frames[1::2, :1, :2] = 255 - ep.frames[1::2, :1, :2]
+        store.add(ep, name=f"ep{tag:02d}")
+    ds = WindowDataset(store, split="all", length=5)
+    flags = ds.revisits()
+    episode = ds._index[:, 0]
+    names = np.array(ds.names)[episode]
+    starts = ds._index[:, 1]
+    # In episode 0 the frame at x=2 (index 5) is revisited at index 7, x=1 (4) at 8, x=0 (3) at
+    # 9: a 5-frame window holds such a pair when it spans (5, 7) or (4, 8): starts 3 to 5.
+    assert set(starts[(names == "ep00") & flags]) == {3, 4, 5}
+    assert not flags[names == "ep01"].any()
+    assert not flags[names == "ep02"].any()
+    assert flags.shape == (len(ds),) and flags.dtype == bool

@@ -337,6 +337,16 @@ class EpisodeStore:
         return array
 
 
+# A window "revisits" a view when a frame comes back to within this share of the farthest the
+# view had moved from an earlier frame (WindowDataset.revisits) ...
+REVISIT_RATIO = 0.2
+# ... after moving away by more than this quantile of the one-step changes. On the shipped
+# model's Crafter data (10-frame windows) these flag 6.5% of windows, among them half of the
+# 3.8% whose actions walk 2+ steps out and back (the other half were blocked by trees or water,
+# or the return drew a different view: creatures moved, night fell).
+REVISIT_AWAY_QUANTILE = 0.7
+
+
 class WindowDataset:
     """Random access to windows of `length` consecutive frames of one split.
 
@@ -386,6 +396,46 @@ class WindowDataset:
         steps = np.arange(self.length - 1)
         return np.stack([event[e][s + steps] for e, s in self._index]) if len(self) else \
             np.zeros((0, self.length - 1), bool)
+
+    def revisits(self, ratio: float = REVISIT_RATIO,
+                 away_quantile: float = REVISIT_AWAY_QUANTILE) -> np.ndarray:
+        """(len,) bool: the windows in which the view comes back. Frame j of a window revisits
+        an earlier frame i (j >= i + 2) when it is much closer to frame i than some frame in
+        between was: d(i, j) < ratio * max_{i<k<j} d(i, k), and that frame k had moved away by
+        more than the `away_quantile` of the split's one-step changes (so a player turning on
+        the spot or a creature moving does not count). d is the mean squared difference of the
+        observations (latents when the dataset reads latents). Read from the frames alone,
+        so it needs no knowledge of the action space (a MineRL camera turning back counts too).
+        These are the windows that can teach a model to redraw what it saw a few frames ago
+        instead of inventing it; in sticky random Crafter play about 6% of 10-frame windows."""
+        L = self.length
+        if not len(self):
+            return np.zeros(0, bool)
+        # d[e][t, o] = distance between frames t and t + o of episode e, o < L (NaN past the end)
+        d = []
+        for obs in self._observations:
+            x = np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
+            T = len(x)
+            band = np.full((T, L), np.nan, np.float32)
+            for o in range(min(L, T)):
+                band[:T - o, o] = ((x[o:] - x[:T - o]) ** 2).mean(1)
+            d.append(band)
+        steps = np.concatenate([b[:, 1] for b in d]) if L > 1 else np.zeros(0)
+        steps = steps[np.isfinite(steps)]
+        if not len(steps):
+            return np.zeros(len(self), bool)
+        away = float(np.quantile(steps, away_quantile))
+        offsets = np.arange(L)
+        # first_return[e][i] = the first frame index j > i + 1 that revisits frame i (or inf)
+        first_return = []
+        for band in d:
+            farthest = np.fmax.accumulate(np.where(offsets >= 1, band, -np.inf), axis=1)
+            before = np.concatenate([np.full((len(band), 1), -np.inf), farthest[:, :-1]], 1)
+            with np.errstate(invalid="ignore"):
+                pair = (band < ratio * before) & (before > away) & (offsets >= 2)
+            first = np.where(pair.any(1), pair.argmax(1), np.inf)
+            first_return.append(np.arange(len(band)) + first)
+        return np.array([first_return[e][s:s + L].min() <= s + L - 1 for e, s in self._index])
 
     def last_transitions(self, indices: Any) -> tuple[np.ndarray, np.ndarray]:
         """Where the last transition of each window at `indices` lies: (episode positions in

@@ -47,9 +47,11 @@ PARTS = ("vae", "teacher_forced", "open_loop", "reward", "controllability", "con
 
 # Sample sizes of a full run and of --quick. A full run's teacher-forced sample of 512
 # transitions gives a standard error of ~0.1 dB on mean PSNR; the open loop's 16 rollouts
-# ~0.3 dB at long horizons; 2000 steps of stability is the issue's target.
+# ~0.3 dB at long horizons; 2000 steps of stability is the issue's target. The out-and-back
+# walks need 96 starts: only about a quarter of real k=4 walks come back (the rest are blocked
+# by trees, water or stone), and 16 starts left 4 clean walks to compare on.
 FULL = {"tf_transitions": 512, "rollouts": 16, "reward_negatives": 2048, "vae_frames": 2048,
-        "idm_steps": 3000, "idm_real_transitions": 5000, "consistency_starts": 16,
+        "idm_steps": 3000, "idm_real_transitions": 5000, "consistency_starts": 96,
         "stability_steps": 2000, "stability_rollouts": 4}
 QUICK = {"tf_transitions": 24, "rollouts": 2, "reward_negatives": 64, "vae_frames": 64,
          "idm_steps": 200, "idm_real_transitions": 256, "consistency_starts": 2,
@@ -113,7 +115,7 @@ class EvalConfig:
     consistency_ks: tuple[int, ...] = (1, 2, 4, 8)
     """Walk lengths k (k steps out, k back)."""
     consistency_starts: int | None = None
-    """Start states of the out-and-back walks (16; quick 2)."""
+    """Start states of the out-and-back walks (96; quick 2)."""
     replay: bool = True
     """Replay the real game from each episode's seed for the consistency reference."""
     stability_steps: int | None = None
@@ -178,6 +180,16 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as a report shows it: relative to the working directory when inside it (so a
+    report committed beside the project names no machine's directories), else absolute."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
 
 
 def action_names_of(store) -> list[str] | None:
@@ -719,7 +731,8 @@ class Evaluation:
                           _f(e.get("dream_vs_real_return", {}).get(CONSISTENCY_PSNR)),
                           e.get("clean", {}).get("starts", "–"),
                           _f(e.get("clean", {}).get("dream_vs_start", {}).get(CONSISTENCY_PSNR)),
-                          _f(e.get("clean", {}).get("forget_vs_start", {}).get(CONSISTENCY_PSNR))])
+                          _f(e.get("clean", {}).get("forget_vs_start", {}).get(CONSISTENCY_PSNR)),
+                          _f(e.get("clean", {}).get("real_vs_start", {}).get(CONSISTENCY_PSNR))])
         self.sections["consistency"] = (
             "## Consistency (out and back)\n\n"
             f"From {m['starts']} real start states (with {m['context_frames']} frames of real "
@@ -739,7 +752,7 @@ class Evaluation:
             "start frame.\n\n"
             + _table(["k", "dream vs start", "forgetful vs start", "dream - forgetful (dB)",
                       "real game vs start", "dream vs real return", "clean starts",
-                      "clean: dream", "clean: forgetful"], table)
+                      "clean: dream", "clean: forgetful", "clean: real game"], table)
             + f"\n\n![consistency]({fig})\n\n![strip]({strip})\n")
 
     def part_stability(self) -> None:
@@ -903,8 +916,8 @@ class Evaluation:
         cfg = self.cfg
         resolved = {**dataclasses.asdict(cfg), **{k: cfg.size(k) for k in FULL}}
         self.metrics = {
-            "checkpoint": str(Path(cfg.checkpoint).resolve()),
-            "data": str(self.data.resolve()),
+            "checkpoint": shown_path(cfg.checkpoint),
+            "data": shown_path(self.data),
             "validation_episodes": len(self.episodes),
             "validation_transitions": int(sum(ep.length for ep in self.episodes)),
             "context_frames": self.context, "window": self.wm.window,
@@ -916,7 +929,7 @@ class Evaluation:
         write_json_atomic(self.out / "metrics.json", _json_safe(self.metrics))
         timing = _table(["part", "seconds"], [[k, _f(v, 1)] for k, v in self.timing.items()])
         md = [f"# Evaluation of `{Path(cfg.checkpoint).resolve().name}`\n",
-              f"Checkpoint `{Path(cfg.checkpoint).resolve()}`, data `{self.data.resolve()}`: "
+              f"Checkpoint `{shown_path(cfg.checkpoint)}`, data `{shown_path(self.data)}`: "
               f"{len(self.episodes)} validation episodes "
               f"({self.metrics['validation_transitions']} transitions). The model sees "
               f"{self.context} real context frames (attention window {self.wm.window}) and "

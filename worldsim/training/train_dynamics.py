@@ -78,13 +78,26 @@ class TrainDynamicsConfig:
     """Fine-tune: start from the (EMA) weights of another dynamics checkpoint, run directory or
     bundle, keeping its model config (architecture, noise levels, reward support) so that the
     weights fit; the optimizer and the step count start afresh. The data may differ (e.g. grown
-    by `worldsim loop`); the VAE must be the same. `--dit.*` and `--residual` are ignored."""
+    by `worldsim loop`); the VAE must be the same. `--dit.*` and `--residual` are ignored
+    (but see `--init-window`)."""
+    init_window: int = 0
+    """Fine-tune only: the attention window of the fine-tuned model (0: the initial model's).
+    Positions in time are rotary, so the same weights attend over a longer window; the new,
+    farther frame offsets are what the fine-tune has to learn (e.g. a window of 4 widened to 10,
+    so a walk of 4 steps out and 4 back still sees where it started). Training cost grows
+    with the window: 5 s per batch of 32 at window 10 against 1.3 s at 4, on 2 CPU cores."""
     event_share: float = 0.0
     """Share of each batch drawn from windows with an event (a nonzero reward or the episode's
     end) in one of their transitions; 0: windows as they come (events are ~1% of Crafter's
     transitions). Drawing them more often teaches the model to draw what an event changes
     (Crafter's inventory and health), at the price of a dream that sees events more often
     than the game would."""
+    revisit_share: float = 0.0
+    """Share of each batch drawn from windows in which the view comes back to one seen a few
+    frames before (`WindowDataset.revisits`; ~6% of Crafter's sticky-play windows): the
+    windows from which a model can learn to redraw what is in its window instead of inventing
+    it (the out-and-back consistency of `worldsim eval`; 60 minutes of it at share 0.25 did not
+    move that measure, docs/DESIGN-NOTES.md). Not with `event_share`."""
     hud_fraction: float = 0.0
     """Bottom share of the frame's height whose latent rows get `hud_weight` in the denoising
     loss: a status bar whose small changes carry the rewards (Crafter's inventory and health
@@ -111,6 +124,18 @@ class TrainDynamicsConfig:
     `worldsim eval` reports quality at 1-16 steps to choose it."""
 
 
+def _with_window(model: DynamicsModel, window: int) -> DynamicsModel:
+    """The same weights in a model whose attention window is `window` frames. The window sets
+    no parameter's shape (time positions are rotary), so every tensor loads strictly."""
+    if window < 1:
+        raise ValueError(f"--init-window must be at least 1 frame, got {window}")
+    dit = dataclasses.replace(model.config.dit, window=window)
+    config = dataclasses.replace(model.config, dit=dit)
+    widened = DynamicsModel(config, model.action_space).to(model.device)
+    widened.load_state_dict(model.state_dict(), strict=True)
+    return widened
+
+
 class DynamicsTask(TrainingTask):
     """Next-latent prediction on a latent cache (see `TrainingTask`)."""
 
@@ -122,7 +147,11 @@ class DynamicsTask(TrainingTask):
         self.vae = VAE.from_checkpoint(cfg.vae, device=self.device)
         self.tag = ensure_latents(self.vae, self.store, cfg.vae, is_main)
         initial = None if cfg.init_from is None else self._initial_model(cfg.init_from)
-        model_window = cfg.dit.window if initial is None else initial.config.dit.window
+        if cfg.init_window and initial is None:
+            raise ValueError("--init-window widens the window of a fine-tuned model: it needs "
+                             "--init-from")
+        model_window = (cfg.dit.window if initial is None else
+                        cfg.init_window or initial.config.dit.window)
         window = cfg.window or model_window
         self.train_set = WindowDataset(self.store, "train", length=window, latents=self.tag)
         self.val_set = WindowDataset(self.store, "val", length=max(window, cfg.eval_context
@@ -138,16 +167,24 @@ class DynamicsTask(TrainingTask):
                              "hud_weight positive")
         if not 0 <= cfg.action_dropout < 1:
             raise ValueError(f"action_dropout must be in [0, 1), got {cfg.action_dropout}")
-        # which windows hold an event: only needed (one pass over every window) to oversample
-        events = (self.train_set.transition_events().any(1) if cfg.event_share > 0
-                  else np.zeros(0, bool))
-        self.train_events, self.train_plain = np.flatnonzero(events), np.flatnonzero(~events)
-        if cfg.event_share > 0 and (len(self.train_events) == 0 or len(self.train_plain) == 0):
-            raise ValueError(f"--event-share needs training windows with and without events; "
-                             f"{cfg.data} has {len(self.train_events)} and "
-                             f"{len(self.train_plain)}")
+        if not 0 <= cfg.revisit_share < 1 or (cfg.revisit_share and cfg.event_share):
+            raise ValueError("revisit_share must be in [0, 1), and not with event_share")
+        # The windows drawn more often (events or revisits): only searched (one pass over every
+        # window) when one of them is oversampled.
+        self.oversample_share = cfg.event_share or cfg.revisit_share
+        marked = (self.train_set.transition_events().any(1) if cfg.event_share > 0 else
+                  self.train_set.revisits() if cfg.revisit_share > 0 else np.zeros(0, bool))
+        self.train_oversampled, self.train_others = np.flatnonzero(marked), np.flatnonzero(~marked)
+        if self.oversample_share > 0 and (len(self.train_oversampled) == 0 or
+                                          len(self.train_others) == 0):
+            what = "events" if cfg.event_share else "revisits"
+            raise ValueError(f"--{what[:-1]}-share needs training windows with and without "
+                             f"{what}; {cfg.data} has {len(self.train_oversampled)} and "
+                             f"{len(self.train_others)}")
         self.position_weight = self._position_weight()
         if initial is not None:
+            if cfg.init_window:
+                initial = _with_window(initial, cfg.init_window)
             if initial.config.dit.window < window:
                 raise ValueError(f"cannot fine-tune {cfg.init_from} (window "
                                  f"{initial.config.dit.window}) on windows of {window} frames; "
@@ -232,9 +269,12 @@ class DynamicsTask(TrainingTask):
         c = self.cfg
         # init_from only when fine-tuning, so runs from before the option still resume
         fine_tuning = {} if c.init_from is None else {"init_from": str(c.init_from)}
+        if c.init_window:
+            fine_tuning["init_window"] = c.init_window
         # the sampling and weighting options likewise only when they are in use
         emphasis = {k: getattr(c, k) for k, default in
-                    (("event_share", 0.0), ("hud_fraction", 0.0), ("hud_weight", 1.0),
+                    (("event_share", 0.0), ("revisit_share", 0.0), ("hud_fraction", 0.0),
+                     ("hud_weight", 1.0),
                      ("action_dropout", 0.0))
                     if getattr(c, k) != default}
         return {"dynamics": self.dynamics_config.to_dict(), "window": self.window, **fine_tuning,
@@ -269,11 +309,12 @@ class DynamicsTask(TrainingTask):
 
     def sample_batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, Any]:
         """latents (B, W, C, h, w), actions {key: (B, W-1, ...)}, rewards/terminated (B, W-1).
-        A share `event_share` of the windows has an event (see its help)."""
-        if self.cfg.event_share == 0:
+        A share `event_share` of the windows has an event, or `revisit_share` a revisit (see
+        their help)."""
+        if self.oversample_share == 0:
             return self._to_device(self.train_set.sample(batch_size, rng))
-        index, _ = oversampled_indices(rng, batch_size, self.cfg.event_share,
-                                       self.train_events, self.train_plain)
+        index, _ = oversampled_indices(rng, batch_size, self.oversample_share,
+                                       self.train_oversampled, self.train_others)
         return self._to_device(self.train_set.take(index))
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
@@ -361,6 +402,11 @@ def main(argv: list[str] | None = None) -> None:
               f"{info['train_windows']} training windows ({info['train_episodes']} train / "
               f"{info['val_episodes']} val episodes); {ctx.world_size} process(es) on "
               f"{ctx.device}", flush=True)
+        if task.oversample_share:
+            what = "an event" if cfg.event_share else "a revisit"
+            print(f"{len(task.train_oversampled)} training windows with {what} "
+                  f"({len(task.train_oversampled) / len(task.train_set):.1%}), drawn as "
+                  f"{task.oversample_share:.0%} of each batch", flush=True)
     result = train(task, cfg.train, cfg.out, ctx)
     if ctx.is_main:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
