@@ -34,6 +34,45 @@ def test_a_full_copy_mask_returns_the_previous_frame_exactly():
     assert torch.equal(refiner.refine(_frames(0), previous, _frames(2)), previous)
 
 
+def test_displaced_moves_the_content_and_fills_the_uncovered_band():
+    from worldsim.models.refiner import displaced, shifts
+
+    frame = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    fill = torch.full_like(frame, -1.0)
+    right = displaced(frame, 0, 3, fill)
+    assert torch.equal(right[..., 3:], frame[..., :5]) and (right[..., :3] == -1).all()
+    up = displaced(frame, -2, 0, fill)
+    assert torch.equal(up[..., :6, :], frame[..., 2:, :]) and (up[..., 6:, :] == -1).all()
+    assert set(shifts(7)) == {(0, -7), (0, 7), (-7, 0), (7, 0)}
+
+
+def test_a_copy_shift_refiner_can_copy_the_previous_frame_scrolled_by_one_tile():
+    """With copy_shift, a mask on one displaced source returns the previous frame scrolled
+    by exactly that many pixels (the uncovered band from the decode): what a Crafter move
+    does to the map. A fresh one still shows nearly the plain decode."""
+    from worldsim.models.refiner import displaced
+
+    cfg = RefinerConfig(width=16, blocks=1, groups=4, copy_shift=4)
+    assert cfg.copy_sources == 5
+    refiner = FrameRefiner(cfg).eval()
+    decoded, previous, previous_decoded = _frames(0), _frames(1), _frames(2)
+    fresh = refiner.refine(decoded, previous, previous_decoded)
+    # five copy logits at -4: together 5 e^-4 / (1 + 5 e^-4) = 8% of the blend
+    assert (fresh.int() - decoded.int()).abs().float().mean() < 0.1 * 255
+    with torch.no_grad():
+        refiner.out.bias.view(cfg.copy_sources + 3, -1)[2] = 40.0  # the source moved right
+    out = refiner.refine(decoded, previous, previous_decoded)
+    expected = displaced(previous.permute(0, 3, 1, 2), 0, 4, decoded.permute(0, 3, 1, 2))
+    assert torch.equal(out, expected.permute(0, 2, 3, 1))
+
+
+def test_refiner_configs_from_before_copy_shift_load_without_it():
+    from worldsim.training.checkpoint import dataclass_from_dict
+
+    old = {"width": 64, "blocks": 4, "patch": 2, "groups": 8}
+    assert dataclass_from_dict(RefinerConfig, old, "refiner config").copy_shift == 0
+
+
 def test_frames_round_trip_between_uint8_and_float():
     frames = _frames(3)
     x = frames_to_images(frames)

@@ -18,6 +18,17 @@ Where D(z_{t+1}) and D(z_t) agree the net learns m = 1 and copies the exact pixe
 dream changed the picture it keeps the decode and corrects it with r. The last layer starts
 at m ~ 0 and r = 0, so an untrained refiner shows the plain decode.
 
+With `copy_shift` = s > 0 the previous frame displaced by s pixels left, right, up and down
+are four more copy sources, and the blend is a softmax over the five copies and the drawn
+frame (the drawn frame's logit fixed at 0, so one source reduces to the sigmoid above):
+
+    x_{t+1} = sum_j w_j * shift_j(x_t) + w_draw * (D(z_{t+1}) + r)
+
+A move in Crafter scrolls the map by exactly one 7-pixel tile; the DiT's latent cells are 4
+pixels, so a scroll is 1.75 cells that the dream redraws a little differently every step,
+while a displaced copy carries the scrolled world over pixel for pixel. The band a
+displacement uncovers is filled from the decode.
+
 Shapes: frames (B, 3, H, W) float in [-1, 1] (`forward`) or uint8 (..., H, W, 3) (`refine`).
 The trunk runs on 2x2 pixel patches (space-to-depth), so H and W must be even; it is a few
 ResBlocks wide, since it runs on every imagined frame.
@@ -26,6 +37,7 @@ ResBlocks wide, since it runs on every imagined frame.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +64,16 @@ class RefinerConfig:
     """Space-to-depth factor: the trunk runs at H/patch x W/patch."""
     groups: int = 8
     """GroupNorm groups."""
+    copy_shift: int = 0
+    """Pixels by which the previous frame is also offered displaced left, right, up and down
+    as copy sources (Crafter: 7, one tile); 0: the undisplaced previous frame only."""
+    # Settings introduced after the first checkpoints, with the value they were trained with.
+    ADDED_LATER: ClassVar[dict[str, object]] = {"copy_shift": 0}
+
+    @property
+    def copy_sources(self) -> int:
+        """Frames the blend may copy from: the previous frame, and its four displacements."""
+        return 5 if self.copy_shift else 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,14 +86,16 @@ class FrameRefiner(nn.Module):
     def __init__(self, cfg: RefinerConfig = RefinerConfig()):
         super().__init__()
         self.cfg = cfg
-        p, D = cfg.patch, cfg.width
-        self.inp = nn.Conv2d(9 * p * p, D, 3, padding=1)
+        p, D, S = cfg.patch, cfg.width, cfg.copy_sources
+        # inputs: decoded_next, previous_decoded and the S copy sources, 3 channels each
+        self.inp = nn.Conv2d(3 * (2 + S) * p * p, D, 3, padding=1)
         self.body = nn.Sequential(*[ResBlock(D, D, cfg.groups) for _ in range(cfg.blocks)])
-        self.out = nn.Conv2d(D, 4 * p * p, 3, padding=1)  # per pixel: mask logit + residual
+        # per pixel: a logit per copy source, then the residual r
+        self.out = nn.Conv2d(D, (S + 3) * p * p, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         with torch.no_grad():
             self.out.bias.zero_()
-            self.out.bias.view(4, p * p)[0] = MASK_BIAS_INIT
+            self.out.bias.view(S + 3, p * p)[:S] = MASK_BIAS_INIT
 
     @property
     def device(self) -> torch.device:
@@ -84,13 +108,23 @@ class FrameRefiner(nn.Module):
         p = self.cfg.patch
         if H % p or W % p:
             raise ValueError(f"frame size {H}x{W} is not divisible by the refiner's patch {p}")
-        x = torch.cat([decoded_next, previous_frame, previous_decoded], 1)  # (B, 9, H, W)
+        sources = [previous_frame]
+        if self.cfg.copy_shift:
+            sources += [displaced(previous_frame, dy, dx, decoded_next)
+                        for dy, dx in shifts(self.cfg.copy_shift)]
+        S = len(sources)
+        x = torch.cat([decoded_next, previous_decoded, *sources], 1)  # (B, 3 (2 + S), H, W)
         x = rearrange(x, "b k (h p1) (w p2) -> b (k p1 p2) h w", p1=p, p2=p)
         h = self.out(F.silu(self.body(self.inp(x))))
-        h = rearrange(h, "b (k p1 p2) h w -> b k (h p1) (w p2)", p1=p, p2=p)  # (B, 4, H, W)
-        mask = torch.sigmoid(h[:, :1].float())
-        drawn = decoded_next.float() + h[:, 1:].float()
-        return mask * previous_frame.float() + (1 - mask) * drawn
+        h = rearrange(h, "b (k p1 p2) h w -> b k (h p1) (w p2)", p1=p, p2=p)  # (B, S + 3, H, W)
+        drawn = decoded_next.float() + h[:, S:].float()
+        if S == 1:
+            mask = torch.sigmoid(h[:, :1].float())
+            return mask * previous_frame.float() + (1 - mask) * drawn
+        logits = torch.cat([h[:, :S].float(), torch.zeros_like(h[:, :1], dtype=torch.float32)], 1)
+        w = logits.softmax(1)  # (B, S + 1, H, W): the copies, then the drawn frame
+        copies = torch.stack([f.float() for f in sources], 1)  # (B, S, 3, H, W)
+        return (w[:, :S, None] * copies).sum(1) + w[:, S:] * drawn
 
     @torch.no_grad()
     def refine(self, decoded_next: torch.Tensor, previous_frame: torch.Tensor,
@@ -101,6 +135,26 @@ class FrameRefiner(nn.Module):
         frames = [frames_to_images(f.reshape(-1, *f.shape[-3:]).to(self.device))
                   for f in (decoded_next, previous_frame, previous_decoded)]
         return images_to_frames(self(*frames)).reshape(*lead, *decoded_next.shape[-3:])
+
+
+def shifts(step: int) -> tuple[tuple[int, int], ...]:
+    """(dy, dx) displacements of the copy sources: the content moved left, right, up, down."""
+    return ((0, -step), (0, step), (-step, 0), (step, 0))
+
+
+def displaced(frame: torch.Tensor, dy: int, dx: int, fill: torch.Tensor) -> torch.Tensor:
+    """frame (B, C, H, W) with its content moved by (dy, dx) pixels; the band it uncovers is
+    taken from `fill` (B, C, H, W)."""
+    out = torch.roll(frame, shifts=(dy, dx), dims=(-2, -1))
+    if dy > 0:
+        out[..., :dy, :] = fill[..., :dy, :]
+    elif dy < 0:
+        out[..., dy:, :] = fill[..., dy:, :]
+    if dx > 0:
+        out[..., :, :dx] = fill[..., :, :dx]
+    elif dx < 0:
+        out[..., :, dx:] = fill[..., :, dx:]
+    return out
 
 
 def load_refiner(directory, device: str | torch.device = "cpu",

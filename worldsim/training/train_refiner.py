@@ -76,6 +76,9 @@ class TrainRefinerConfig:
     """Channels of the refiner's trunk."""
     blocks: int = RefinerConfig.blocks
     """ResBlocks in the trunk."""
+    copy_shift: int = RefinerConfig.copy_shift
+    """Also offer the previous frame displaced by this many pixels in each direction as copy
+    sources (Crafter: 7, one tile: a move scrolls the map by exactly that); 0: off."""
     loss: Literal["log_mse", "mse"] = "log_mse"
     """log_mse: the mean over frames of log(MSE + 1e-5), i.e. mean PSNR up to sign and scale,
     so the many frames that barely change count as much as the few that change a lot; mse:
@@ -98,7 +101,11 @@ class RefinerTask(TrainingTask):
         self.wm = WorldModel.load(cfg.checkpoint, device=self.device)
         self.tag = ensure_latents(self.wm.vae, self.store, Path(cfg.checkpoint) / "vae", is_main)
         self.num_steps = int(cfg.sampling_steps or self.wm.num_steps)
-        self.model_config = RefinerConfig(width=cfg.width, blocks=cfg.blocks)
+        if cfg.copy_shift < 0:
+            raise ValueError(f"copy_shift must be 0 (off) or a number of pixels, got "
+                             f"{cfg.copy_shift}")
+        self.model_config = RefinerConfig(width=cfg.width, blocks=cfg.blocks,
+                                          copy_shift=cfg.copy_shift)
         self.model = FrameRefiner(self.model_config).to(self.device)
         self._train_pool: dict[str, torch.Tensor] | None = None
         self._val_pool: dict[str, torch.Tensor] | None = None
