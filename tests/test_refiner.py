@@ -34,6 +34,27 @@ def test_a_full_copy_mask_returns_the_previous_frame_exactly():
     assert torch.equal(refiner.refine(_frames(0), previous, _frames(2)), previous)
 
 
+def test_the_refiner_reads_its_inputs_in_the_shipped_order():
+    """A refiner without copy_shift is the network the shipped checkpoints were trained as:
+    inputs (decoded_next, previous_frame, previous_decoded), a sigmoid copy mask and a
+    residual."""
+    import torch.nn.functional as F
+    from einops import rearrange
+
+    refiner = FrameRefiner(RefinerConfig(width=16, blocks=1, groups=4)).eval()
+    with torch.no_grad():
+        for param in refiner.parameters():
+            param.normal_(std=0.1)
+    a, b, c = (frames_to_images(f) for f in (_frames(0), _frames(1), _frames(2)))
+    with torch.no_grad():
+        x = rearrange(torch.cat([a, b, c], 1), "b k (h p) (w q) -> b (k p q) h w", p=2, q=2)
+        h = refiner.out(F.silu(refiner.body(refiner.inp(x))))
+        h = rearrange(h, "b (k p q) h w -> b k (h p) (w q)", p=2, q=2)
+        mask = torch.sigmoid(h[:, :1])
+        expected = mask * b + (1 - mask) * (a + h[:, 1:])
+        torch.testing.assert_close(refiner(a, b, c), expected)
+
+
 def test_displaced_moves_the_content_and_fills_the_uncovered_band():
     from worldsim.models.refiner import displaced, shifts
 

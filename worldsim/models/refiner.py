@@ -108,12 +108,12 @@ class FrameRefiner(nn.Module):
         p = self.cfg.patch
         if H % p or W % p:
             raise ValueError(f"frame size {H}x{W} is not divisible by the refiner's patch {p}")
-        sources = [previous_frame]
-        if self.cfg.copy_shift:
-            sources += [displaced(previous_frame, dy, dx, decoded_next)
-                        for dy, dx in shifts(self.cfg.copy_shift)]
+        moved = ([displaced(previous_frame, dy, dx, decoded_next)
+                  for dy, dx in shifts(self.cfg.copy_shift)] if self.cfg.copy_shift else [])
+        sources = [previous_frame, *moved]
         S = len(sources)
-        x = torch.cat([decoded_next, previous_decoded, *sources], 1)  # (B, 3 (2 + S), H, W)
+        # (B, 3 (2 + S), H, W), in the order of the first refiners' inputs, displaced copies last
+        x = torch.cat([decoded_next, previous_frame, previous_decoded, *moved], 1)
         x = rearrange(x, "b k (h p1) (w p2) -> b (k p1 p2) h w", p1=p, p2=p)
         h = self.out(F.silu(self.body(self.inp(x))))
         h = rearrange(h, "b (k p1 p2) h w -> b k (h p1) (w p2)", p1=p, p2=p)  # (B, S + 3, H, W)
