@@ -48,8 +48,8 @@ PARTS = ("vae", "teacher_forced", "open_loop", "reward", "controllability", "con
 # Sample sizes of a full run and of --quick. A full run's teacher-forced sample of 512
 # transitions gives a standard error of ~0.1 dB on mean PSNR; the open loop's 16 rollouts
 # ~0.3 dB at long horizons; 2000 steps of stability is the issue's target. The out-and-back
-# walks need 96 starts: only about a quarter of real k=4 walks come back (the rest are blocked
-# by trees, water or stone), and 16 starts left 4 clean walks to compare on.
+# walks need 96 starts: only about a third of real k=4 walks come back (35 of 96 in the shipped
+# model's report; the rest are blocked by trees, water or stone), and 16 left 4 to compare on.
 FULL = {"tf_transitions": 512, "rollouts": 16, "reward_negatives": 2048, "vae_frames": 2048,
         "idm_steps": 3000, "idm_real_transitions": 5000, "consistency_starts": 96,
         "stability_steps": 2000, "stability_rollouts": 4}

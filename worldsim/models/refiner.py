@@ -118,9 +118,8 @@ class FrameRefiner(nn.Module):
         h = self.out(F.silu(self.body(self.inp(x))))
         h = rearrange(h, "b (k p1 p2) h w -> b k (h p1) (w p2)", p1=p, p2=p)  # (B, S + 3, H, W)
         drawn = decoded_next.float() + h[:, S:].float()
-        if S == 1:
-            mask = torch.sigmoid(h[:, :1].float())
-            return mask * previous_frame.float() + (1 - mask) * drawn
+        # softmax over the copies' logits and the drawn frame's fixed 0: for S = 1 the sigmoid
+        # mask m = sigmoid(logit) of the module docstring
         logits = torch.cat([h[:, :S].float(), torch.zeros_like(h[:, :1], dtype=torch.float32)], 1)
         w = logits.softmax(1)  # (B, S + 1, H, W): the copies, then the drawn frame
         copies = torch.stack([f.float() for f in sources], 1)  # (B, S, 3, H, W)

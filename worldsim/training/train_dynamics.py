@@ -177,9 +177,10 @@ class DynamicsTask(TrainingTask):
         self.train_oversampled, self.train_others = np.flatnonzero(marked), np.flatnonzero(~marked)
         if self.oversample_share > 0 and (len(self.train_oversampled) == 0 or
                                           len(self.train_others) == 0):
-            what = "events" if cfg.event_share else "revisits"
-            raise ValueError(f"--{what[:-1]}-share needs training windows with and without "
-                             f"{what}; {cfg.data} has {len(self.train_oversampled)} and "
+            option, what = (("--event-share", "events") if cfg.event_share else
+                            ("--revisit-share", "revisits"))
+            raise ValueError(f"{option} needs training windows with and without {what}; "
+                             f"{cfg.data} has {len(self.train_oversampled)} and "
                              f"{len(self.train_others)}")
         self.position_weight = self._position_weight()
         if initial is not None:
