@@ -290,9 +290,9 @@ class _Rollouts:
         with autocast(self.wm.device, self.bf16):
             out = self.wm.step(self.state, actions, self.generator,
                                num_steps=self.num_sampling_steps, sampler=self.sampler,
-                               guidance=self.guidance)
-            self.shown = self.wm.render(out.latents, self.shown, out.decoded) \
-                if self.obs_mode == "rgb" else None
+                               guidance=self.guidance,
+                               shown=self.shown if self.obs_mode == "rgb" else None)
+            self.shown = out.shown
         self.steps += 1
         probs = out.reward_probs.float()
         if self.reward_mode == "mean":  # the expected reward, achievements paid once included

@@ -55,6 +55,23 @@ def test_the_refiner_reads_its_inputs_in_the_shipped_order():
         torch.testing.assert_close(refiner(a, b, c), expected)
 
 
+def test_the_drawn_frame_keeps_learning_when_the_blend_copies_everywhere():
+    """A blend saturated on the copy passes no gradient to the residual; the drawn frame's own
+    loss term (TrainRefinerConfig.drawn_weight) still does."""
+    refiner = FrameRefiner(RefinerConfig(width=16, blocks=1, groups=4))
+    with torch.no_grad():
+        refiner.out.bias.view(4, -1)[0] = 40.0  # copy mask saturated at 1
+    frames = [frames_to_images(_frames(seed)) for seed in range(4)]
+    shown, drawn = refiner(*frames[:3], with_drawn=True)
+    torch.testing.assert_close(shown, frames[1])  # an exact copy of the previous frame
+    (shown - frames[3]).pow(2).mean().backward(retain_graph=True)
+    through_blend = refiner.out.bias.grad.view(4, -1)[1:].abs().max()  # the residual's bias
+    refiner.zero_grad()
+    (drawn - frames[3]).pow(2).mean().backward()
+    own_term = refiner.out.bias.grad.view(4, -1)[1:].abs().max()
+    assert through_blend < 1e-15 < 1e-3 < own_term
+
+
 def test_displaced_moves_the_content_and_fills_the_uncovered_band():
     from worldsim.models.refiner import displaced, shifts
 
@@ -163,6 +180,37 @@ def test_train_refiner_then_bundle_uses_it(tiny_bundle, tmp_path):
     env.set_state(snap)
     again, *_ = env.step(2)
     np.testing.assert_array_equal(first, again)
+
+    # with feedback the rollout continues from the encoding of the frame it shows
+    bundle_main(["--vae", str(root / "run-vae"), "--dynamics", str(root / "run-dyn"),
+                 "--data", str(root / "data"), "--refiner", str(cfg.out), "--num-contexts", "2",
+                 "--context-frames", "2", "--feedback", "--out", str(tmp_path / "bundle-fb")])
+    fed = WorldModel.load(tmp_path / "bundle-fb")
+    assert fed.feedback and not wm.feedback
+    frames = torch.as_tensor(fed.start_frames[:, :2])
+    latents = fed.encode(frames)
+    actions = {k: v[:, :1] for k, v in fed.start_actions.items()}
+    step_actions = {"action": np.array([1, 3])}
+    outs = {}
+    for name, model in (("plain", wm), ("feedback", fed)):
+        shown = model.render_start(frames[:, -1], latents[:, -1])
+        state = model.start(latents, actions, torch.Generator().manual_seed(0))
+        outs[name] = model.step(state, step_actions, torch.Generator().manual_seed(1),
+                                shown=shown)
+    plain, fb = outs["plain"], outs["feedback"]
+    # the same sample, shown the same way (the refiner's frame)...
+    torch.testing.assert_close(fb.decoded, plain.decoded)
+    torch.testing.assert_close(fb.shown.frames, plain.shown.frames)
+    torch.testing.assert_close(plain.shown.frames,
+                               wm.render(plain.latents, shown, plain.decoded).frames)
+    # ...but the feedback rollout continues from the shown frame, the plain one from the decode
+    torch.testing.assert_close(fb.latents, fed.encode(fb.shown.frames))
+    torch.testing.assert_close(plain.latents, wm.encode(plain.decoded))
+    assert not torch.allclose(fb.latents, plain.latents)
+    with pytest.raises(ValueError, match="needs a refiner"):
+        build_bundle(tmp_path / "bundle3", vae_checkpoint=root / "run-vae",
+                     dynamics_checkpoint=tiny_bundle / "dynamics", data=root / "data",
+                     num_contexts=2, context_frames=2, feedback=True)
 
     # the evaluation reports the dream with and without the refiner
     from worldsim.evaluation import report

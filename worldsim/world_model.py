@@ -28,8 +28,11 @@ A checkpoint bundle is a directory::
 What a rollout shows goes through `render`, which uses the refiner when the bundle has one:
 
     shown = wm.render_start(frames[:, -1], latents[:, -1])    # a reset shows the real frame
-    shown = wm.render(out.latents, shown, out.decoded)        # every step after it
+    shown = wm.step(state, actions, generator, shown=shown).shown   # every step after it
     shown.frames (B, H, W, 3) uint8
+
+(A step given what was shown before renders its frames, and with the bundle's `feedback`
+continues from their encoding; `wm.render(out.latents, shown, out.decoded)` renders apart.)
 """
 
 from __future__ import annotations
@@ -61,7 +64,10 @@ class StepOutput:
     # model that predicts unlocks; `reward_probs` is then the distribution of the rest
     decoded: torch.Tensor | None = None
     # uint8 (B, H, W, 3) with re-encoding: the decode of the sampled latent, the frame whose
-    # encoding `latents` is; `render` shows it instead of decoding `latents` once more
+    # encoding `latents` is (with feedback: the frame the refiner drew from); `render` shows
+    # it instead of decoding `latents` once more
+    shown: Rendered | None = None
+    # what the rollout shows after the step, when the step was given what it showed before
 
 
 @dataclass
@@ -139,6 +145,11 @@ class WorldModel:
         # hundred steps; the round trip puts each frame back on it. Bundles made before the
         # setting existed did not re-encode.
         self.reencode: bool = bool(sampling.get("reencode", False))
+        # Feedback: with a refiner, re-encoding passes through the frame the rollout shows
+        # (the refiner's, which copies what did not change pixel for pixel) instead of the
+        # plain decode. Only steps given what they showed before (`step(shown=...)`) can do
+        # it; the others re-encode the plain decode.
+        self.feedback: bool = bool(sampling.get("feedback", False))
         # Classifier-free guidance scale on the action (1: none; see DynamicsModel.step).
         self.guidance: float = float(sampling.get("guidance", 1.0))
         self.start_frames = start_frames      # uint8 (N, K, H, W, 3)
@@ -356,21 +367,32 @@ class WorldModel:
 
     def step(self, state, actions: dict[str, Any], generator: torch.Generator | None = None,
              num_steps: int | None = None, sampler: str | None = None,
-             reencode: bool | None = None, guidance: float | None = None) -> StepOutput:
+             reencode: bool | None = None, guidance: float | None = None,
+             shown: Rendered | None = None, feedback: bool | None = None) -> StepOutput:
         """One imagined step for every row: actions {key: (B, ...)}. `num_steps`, `sampler`,
-        `reencode` and `guidance` override the bundle's defaults (`self.num_steps`,
-        `self.sampler`, `self.reencode`, `self.guidance`). With re-encoding the returned latents are those of the VAE round
-        trip, the ones the rollout continues from."""
+        `reencode`, `guidance` and `feedback` override the bundle's defaults (`self.num_steps`,
+        `self.sampler`, `self.reencode`, `self.guidance`, `self.feedback`). With re-encoding
+        the returned latents are those of the VAE round trip, the ones the rollout continues
+        from. `shown`: what the rollout showed before the step; the step then renders its
+        new frames too (`StepOutput.shown`), and with feedback continues from them."""
         actions = self.action_tensors(actions, (state.batch_size,))
         reencode = self.reencode if reencode is None else reencode
+        # feedback is a kind of re-encoding: which frame the round trip passes through
+        feedback = ((self.feedback if feedback is None else feedback) and reencode
+                    and self.refiner is not None and shown is not None)
         decoded: list[torch.Tensor] = []
+        rendered: list[Rendered] = []
 
         def reencoded(latents: torch.Tensor) -> torch.Tensor:
-            # The round trip's decode is kept: it is the frame to show (its encoding is what
-            # the rollout continues from), so rendering needs no second decode.
-            frames, latents = self.round_trip_with_frames(latents)
-            decoded.append(frames)
-            return latents
+            # latents (B, 1, C, h, w). The round trip's decode is kept: it is the frame to
+            # show (its encoding is what the rollout continues from), so rendering needs no
+            # second decode.
+            frames = self.decode(latents)
+            decoded.append(frames[:, 0])
+            if feedback:
+                rendered.append(self.render(latents[:, 0], shown, frames[:, 0]))
+                frames = rendered[0].frames[:, None]
+            return self.encode(frames)
 
         with torch.no_grad():
             previous = state.last_latents  # the step rebinds it to the new frame
@@ -388,8 +410,11 @@ class WorldModel:
                 out.state.reward_probs = pred.reward_probs
                 if pred.unlocked is not None:
                     out.state.unlocked = pred.unlocked.float()
+            decoded_next = decoded[0] if decoded else None
+            if shown is not None and not rendered:
+                rendered.append(self.render(out.latents, shown, decoded_next))
         return StepOutput(out.latents, reward, termination_prob, out.state.reward_probs,
-                          out.state, once, decoded[0][:, 0] if decoded else None)
+                          out.state, once, decoded_next, rendered[0] if rendered else None)
 
     @property
     def reward_support(self) -> torch.Tensor:
@@ -404,14 +429,15 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
                  metrics: dict | None = None, num_steps: int | None = None,
                  sampler: str | None = None, reward_checkpoint: str | Path | None = None,
                  refiner_checkpoint: str | Path | None = None, reencode: bool = True,
-                 guidance: float = 1.0) -> Path:
+                 guidance: float = 1.0, feedback: bool = False) -> Path:
     """Assemble a bundle from a VAE checkpoint, a dynamics checkpoint (EMA weights), optionally
     a reward model checkpoint and a frame refiner checkpoint, and real start contexts drawn
     (seeded) from the validation episodes of the dataset `data`. `num_steps` / `sampler`: the
     bundle's default sampler settings (None: the dynamics model's); `reencode`: whether
     rollouts re-encode every sampled latent (`WorldModel.reencode`); `guidance`: the
-    classifier-free guidance scale on the action (`WorldModel.guidance`). `metrics`: None takes those recorded in the
-    dynamics checkpoint."""
+    classifier-free guidance scale on the action (`WorldModel.guidance`); `feedback`: whether
+    rollouts continue from the encoding of the refined frame (`WorldModel.feedback`; needs a
+    refiner). `metrics`: None takes those recorded in the dynamics checkpoint."""
     import tempfile
 
     from worldsim.data.store import EpisodeStore
@@ -436,6 +462,11 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
                              f"action_dropout > 0; {dynamics_checkpoint} was not (its "
                              "\"no action\" prediction is untrained)")
         sampling["guidance"] = float(guidance)
+    if feedback:  # recorded only when on, as guidance
+        if refiner_checkpoint is None or not reencode:
+            raise ValueError("feedback re-encodes the refiner's frames: it needs a refiner "
+                             "(--refiner) and re-encoding")
+        sampling["feedback"] = True
     if sampling["num_steps"] < 1:
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
     get_sampler(sampling["sampler"])  # an unknown name raises, listing the choices
@@ -564,6 +595,10 @@ class BundleConfig:
     guidance: float = 1.0
     """Classifier-free guidance scale on the action (1: none); needs a dynamics model trained
     with `--action-dropout`. Each sampler step then runs the network twice."""
+    feedback: bool = False
+    """Rollouts that show frames continue from the encoding of the refiner's frame (which
+    copies what did not change pixel for pixel) instead of the plain decode's; needs
+    `--refiner`."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -576,7 +611,7 @@ def main(argv: list[str] | None = None) -> None:
                        dynamics_checkpoint=resolve_checkpoint(cfg.dynamics), data=cfg.data,
                        num_contexts=cfg.num_contexts, context_frames=cfg.context_frames,
                        seed=cfg.seed, num_steps=cfg.sample_steps, sampler=cfg.sampler,
-                       reencode=cfg.reencode, guidance=cfg.guidance,
+                       reencode=cfg.reencode, guidance=cfg.guidance, feedback=cfg.feedback,
                        reward_checkpoint=None if cfg.reward is None else resolve_checkpoint(cfg.reward),
                        refiner_checkpoint=None if cfg.refiner is None else resolve_checkpoint(cfg.refiner))
     print(f"bundle: {out}", flush=True)

@@ -208,8 +208,8 @@ def teacher_forced(wm, episodes: Sequence[Episode], picks: np.ndarray, *, contex
                                  make_generator(wm.device, seed, chunk_id, 0))
                 for n in settings:
                     g = make_generator(wm.device, seed, chunk_id, 1, n)
-                    out = wm.step(state.clone(), step_actions, g, num_steps=n)
-                    rendered = wm.render(out.latents, shown, out.decoded)
+                    out = wm.step(state.clone(), step_actions, g, num_steps=n, shown=shown)
+                    rendered = out.shown
                     dream[n][rows] = rendered.frames.cpu().numpy()
                     if n == heads_steps:
                         frames["dream_decoded"][rows] = rendered.decoded.cpu().numpy()
@@ -222,8 +222,8 @@ def teacher_forced(wm, episodes: Sequence[Episode], picks: np.ndarray, *, contex
                 if counter is not None:
                     alt = {key: v[rows] for key, v in counterfactual_actions.items()}
                     g = make_generator(wm.device, seed, chunk_id, 2)
-                    out = wm.step(state.clone(), alt, g, num_steps=heads_steps)
-                    counter[rows] = wm.render(out.latents, shown, out.decoded).frames.cpu().numpy()
+                    out = wm.step(state.clone(), alt, g, num_steps=heads_steps, shown=shown)
+                    counter[rows] = out.shown.frames.cpu().numpy()
             frames["current"][rows] = window[:, -2]
             frames["target"][rows] = window[:, -1]
             frames["current_vae"][rows] = round_trip[:, 0]
@@ -437,8 +437,8 @@ def open_loop(wm, episodes: Sequence[Episode], *, context: int, horizons: Sequen
             for j in range(L):
                 acts = {k: np.stack([np.asarray(episodes[e].actions[k][s + context - 1 + j])
                                      for e, s in rows]) for k in episodes[0].actions}
-                out = wm.step(state, acts, g, num_steps=num_steps, reencode=reencode)
-                shown = wm.render(out.latents, shown, out.decoded)
+                shown = wm.step(state, acts, g, num_steps=num_steps, reencode=reencode,
+                                shown=shown).shown
                 dream[i:i + batch_size, j] = shown.frames.cpu().numpy()
     real_vae = round_trip(wm, real.reshape(-1, H, W, 3), bf16).reshape(real.shape)
     return OpenLoopRun(starts=starts, context=context, horizons=kept, real=real, dream=dream,
@@ -567,20 +567,20 @@ def consistency(wm, store: EpisodeStore, episodes: Sequence[Episode], *, context
             state, shown = state0.clone(), shown0
             g = make_generator(wm.device, seed, 1, k)
             for _ in range(k):
-                step = wm.step(state, {"action": out_a}, g, num_steps=num_steps)
-                turn, shown = step.latents, wm.render(step.latents, shown, step.decoded)
+                step = wm.step(state, {"action": out_a}, g, num_steps=num_steps, shown=shown)
+                turn, shown = step.latents, step.shown
             dream_turn[k], turned = shown.frames.cpu().numpy(), shown
             for _ in range(k):
-                back = wm.step(state, {"action": back_a}, g, num_steps=num_steps)
-                shown = wm.render(back.latents, shown, back.decoded)
+                shown = wm.step(state, {"action": back_a}, g, num_steps=num_steps,
+                                shown=shown).shown
             dream_return[k] = shown.frames.cpu().numpy()
             # The same dream with its memory cut at the turning point: it sees only the view
             # it reached, so whatever of the start is out of that view must be invented.
             forget = wm.start(turn[:, None], None, make_generator(wm.device, seed, 2, k))
             shown = turned
             for _ in range(k):
-                back = wm.step(forget, {"action": back_a}, g, num_steps=num_steps)
-                shown = wm.render(back.latents, shown, back.decoded)
+                shown = wm.step(forget, {"action": back_a}, g, num_steps=num_steps,
+                                shown=shown).shown
             forget_return[k] = shown.frames.cpu().numpy()
     H, W = start.shape[1:3]
     real_turn = {k: np.zeros((S, H, W, 3), np.uint8) for k in ks}
@@ -797,8 +797,8 @@ def stability(wm, reference: StabilityReference, *, steps: int, rollouts: int, e
         shown = wm.render_start(frames[:, -1], latents[:, -1])
         for i in range(1, steps + 1):
             act = stack_actions(wm.action_space, policy.act(previous, rng))
-            out = wm.step(state, act, g, num_steps=num_steps, reencode=reencode)
-            shown = wm.render(out.latents, shown, out.decoded)
+            shown = wm.step(state, act, g, num_steps=num_steps, reencode=reencode,
+                            shown=shown).shown
             frame = shown.frames.cpu().numpy()
             stats = frame_statistics(frame, previous, reference.histogram)
             for name in STATISTICS:

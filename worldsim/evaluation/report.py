@@ -88,6 +88,9 @@ class EvalConfig:
     """Real context frames K given to the model (0: the DiT's window minus one)."""
     guidance: float | None = None
     """Classifier-free guidance scale on the action for every dream (None: the bundle's)."""
+    feedback: bool | None = None
+    """Dreams continue from the encoding of the refiner's frames (None: the bundle's setting;
+    see `worldsim bundle --feedback`)."""
     batch_size: int = 32
     """Rows per model call."""
     tf_transitions: int | None = None
@@ -236,6 +239,11 @@ class Evaluation:
         self.wm = worldsim.load(cfg.checkpoint, device=cfg.device)
         if cfg.guidance is not None:
             self.wm.guidance = float(cfg.guidance)
+        if cfg.feedback is not None:
+            if cfg.feedback and self.wm.refiner is None:
+                raise ValueError(f"--feedback continues dreams from the refiner's frames; "
+                                 f"{cfg.checkpoint} has no refiner")
+            self.wm.feedback = bool(cfg.feedback)
         data = cfg.data or self.wm.config.get("data", {}).get("path")
         if data is None:
             raise ValueError(f"{cfg.checkpoint} records no dataset; pass --data")
@@ -269,8 +277,12 @@ class Evaluation:
 
     def _guidance_note(self) -> str:
         g = self.wm.guidance
-        return "" if g == 1 else (f", with classifier-free guidance {g:g} on the action (each "
+        note = "" if g == 1 else (f", with classifier-free guidance {g:g} on the action (each "
                                   "sampler step runs the network on twice the rows)")
+        if self.wm.feedback:
+            note += ("; each dream continues from the encoding of the frame the refiner shows "
+                     "(feedback), not of the plain decode")
+        return note
 
     def _out_dir(self) -> Path:
         if self.cfg.out is not None:
@@ -922,7 +934,7 @@ class Evaluation:
             "validation_transitions": int(sum(ep.length for ep in self.episodes)),
             "context_frames": self.context, "window": self.wm.window,
             "default_sampler_steps": self.heads_steps,
-            "guidance": self.wm.guidance,
+            "guidance": self.wm.guidance, "feedback": self.wm.feedback,
             "config": resolved, "worldsim_version": worldsim.__version__,
             "timing_s": dict(self.timing), "figures": sorted(self.figures),
             **self.metrics}
@@ -955,7 +967,7 @@ class Evaluation:
             if value == default:
                 continue
             flag = "--" + f.name.replace("_", "-")
-            if isinstance(value, bool):
+            if isinstance(value, bool) and default is not None:
                 argv.append(flag if value else "--no-" + f.name.replace("_", "-"))
             elif isinstance(value, (tuple, list)):
                 argv += [flag, *(str(v) for v in value)]

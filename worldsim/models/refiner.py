@@ -102,8 +102,12 @@ class FrameRefiner(nn.Module):
         return self.out.weight.device
 
     def forward(self, decoded_next: torch.Tensor, previous_frame: torch.Tensor,
-                previous_decoded: torch.Tensor) -> torch.Tensor:
-        """Three (B, 3, H, W) frames in [-1, 1] -> the next frame (B, 3, H, W)."""
+                previous_decoded: torch.Tensor, with_drawn: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Three (B, 3, H, W) frames in [-1, 1] -> the next frame (B, 3, H, W); `with_drawn`:
+        also the drawn frame D(z_{t+1}) + r that the blend mixes with the copies (training
+        scores it on its own: once the blend copies everywhere, the drawn branch gets no
+        gradient through it)."""
         H, W = decoded_next.shape[-2:]
         p = self.cfg.patch
         if H % p or W % p:
@@ -123,7 +127,8 @@ class FrameRefiner(nn.Module):
         logits = torch.cat([h[:, :S].float(), torch.zeros_like(h[:, :1], dtype=torch.float32)], 1)
         w = logits.softmax(1)  # (B, S + 1, H, W): the copies, then the drawn frame
         copies = torch.stack([f.float() for f in sources], 1)  # (B, S, 3, H, W)
-        return (w[:, :S, None] * copies).sum(1) + w[:, S:] * drawn
+        shown = (w[:, :S, None] * copies).sum(1) + w[:, S:] * drawn
+        return (shown, drawn) if with_drawn else shown
 
     @torch.no_grad()
     def refine(self, decoded_next: torch.Tensor, previous_frame: torch.Tensor,
