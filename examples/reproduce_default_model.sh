@@ -56,11 +56,12 @@ worldsim train reward --data "$data" --vae "$runs/vae-f4" --dynamics "$runs/dyn-
     --out "$runs/reward" --train.steps 4000 --train.eval-every 1000 --train.threads 2
 
 # The frame refiner learns from two-step dreams of the DiT, so it needs a bundle without it
-# first (one that does not re-encode: the shipped refiner was trained on such dreams).
+# first (one that does not re-encode: the shipped refiner was trained on such dreams). It was
+# trained before the drawn frame had a loss term of its own (--drawn-weight 0 keeps it so).
 worldsim bundle --vae "$runs/vae-f4" --dynamics "$runs/dyn-default" --data "$data" \
     --reward "$runs/reward" --sample-steps 1 --no-reencode --out "$runs/bundle-dit"
 worldsim train refiner --data "$data" --checkpoint "$runs/bundle-dit" --out "$runs/refiner" \
-    --pool 16000 --train.steps 4000 --train.time-limit-min 30
+    --pool 16000 --drawn-weight 0 --train.steps 4000 --train.time-limit-min 30
 
 rm -rf worldsim/assets/crafter-default
 mkdir -p worldsim/assets
