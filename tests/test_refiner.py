@@ -62,7 +62,7 @@ def test_the_drawn_frame_keeps_learning_when_the_blend_copies_everywhere():
     with torch.no_grad():
         refiner.out.bias.view(4, -1)[0] = 40.0  # copy mask saturated at 1
     frames = [frames_to_images(_frames(seed)) for seed in range(4)]
-    shown, drawn = refiner(*frames[:3], with_drawn=True)
+    shown, drawn, _, _ = refiner(*frames[:3], with_parts=True)
     torch.testing.assert_close(shown, frames[1])  # an exact copy of the previous frame
     (shown - frames[3]).pow(2).mean().backward(retain_graph=True)
     through_blend = refiner.out.bias.grad.view(4, -1)[1:].abs().max()  # the residual's bias
@@ -70,6 +70,25 @@ def test_the_drawn_frame_keeps_learning_when_the_blend_copies_everywhere():
     (drawn - frames[3]).pow(2).mean().backward()
     own_term = refiner.out.bias.grad.view(4, -1)[1:].abs().max()
     assert through_blend < 1e-15 < 1e-3 < own_term
+
+
+def test_the_gate_loss_moves_a_saturated_blend_towards_the_right_copy():
+    """A blend saturated on the undisplaced copy, where the real next frame is the previous
+    one scrolled by a tile: the blended frame's loss gives the displaced copy no gradient,
+    the gate's cross-entropy does, and it raises that copy's logit."""
+    from worldsim.training.train_refiner import RefinerTask
+
+    refiner = FrameRefiner(RefinerConfig(width=16, blocks=1, groups=4, copy_shift=7))
+    with torch.no_grad():
+        refiner.out.bias.view(8, -1)[0] = 40.0  # the undisplaced copy wins everywhere
+    frames = [frames_to_images(_frames(seed, n=2, size=28)) for seed in range(3)]
+    scrolled = torch.roll(frames[1], shifts=7, dims=-1)  # content moved right by one tile
+    parts = refiner(frames[0], frames[1], frames[2], with_parts=True)
+    (parts.shown - scrolled).pow(2).mean().backward(retain_graph=True)
+    assert refiner.out.bias.grad.view(8, -1)[2].abs().max() < 1e-15  # source 2: moved right
+    refiner.zero_grad()
+    RefinerTask.gate_loss(parts, scrolled).backward()
+    assert (refiner.out.bias.grad.view(8, -1)[2] < -1e-3).all()  # descent raises its logit
 
 
 def test_displaced_moves_the_content_and_fills_the_uncovered_band():

@@ -37,7 +37,7 @@ ResBlocks wide, since it runs on every imagined frame.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +79,16 @@ class RefinerConfig:
         return asdict(self)
 
 
+class RefinerParts(NamedTuple):
+    """What the blend is made of (training scores the parts apart: once the blend settles on
+    one source everywhere, the others get no gradient through it)."""
+
+    shown: torch.Tensor   # (B, 3, H, W) the blended frame, what `forward` returns
+    drawn: torch.Tensor   # (B, 3, H, W) the drawn frame D(z_{t+1}) + r
+    logits: torch.Tensor  # (B, S + 1, H, W) the blend's logits: the S copies, then the drawn
+    copies: torch.Tensor  # (B, S, 3, H, W) the copy sources: previous frame, its displacements
+
+
 class FrameRefiner(nn.Module):
     """(decoded_next, previous_frame, previous_decoded) -> the next frame to show. See the
     module docstring."""
@@ -102,12 +112,10 @@ class FrameRefiner(nn.Module):
         return self.out.weight.device
 
     def forward(self, decoded_next: torch.Tensor, previous_frame: torch.Tensor,
-                previous_decoded: torch.Tensor, with_drawn: bool = False
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Three (B, 3, H, W) frames in [-1, 1] -> the next frame (B, 3, H, W); `with_drawn`:
-        also the drawn frame D(z_{t+1}) + r that the blend mixes with the copies (training
-        scores it on its own: once the blend copies everywhere, the drawn branch gets no
-        gradient through it)."""
+                previous_decoded: torch.Tensor, with_parts: bool = False
+                ) -> torch.Tensor | RefinerParts:
+        """Three (B, 3, H, W) frames in [-1, 1] -> the next frame (B, 3, H, W); `with_parts`:
+        the blend's parts (`RefinerParts`), which training scores apart."""
         H, W = decoded_next.shape[-2:]
         p = self.cfg.patch
         if H % p or W % p:
@@ -128,7 +136,7 @@ class FrameRefiner(nn.Module):
         w = logits.softmax(1)  # (B, S + 1, H, W): the copies, then the drawn frame
         copies = torch.stack([f.float() for f in sources], 1)  # (B, S, 3, H, W)
         shown = (w[:, :S, None] * copies).sum(1) + w[:, S:] * drawn
-        return (shown, drawn) if with_drawn else shown
+        return RefinerParts(shown, drawn, logits, copies) if with_parts else shown
 
     @torch.no_grad()
     def refine(self, decoded_next: torch.Tensor, previous_frame: torch.Tensor,

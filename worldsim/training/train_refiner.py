@@ -28,7 +28,7 @@ from torch import nn
 
 from worldsim.data.store import EpisodeStore, WindowDataset
 from worldsim.evaluation.fidelity import pair_metrics
-from worldsim.models.refiner import FrameRefiner, RefinerConfig
+from worldsim.models.refiner import FrameRefiner, RefinerConfig, RefinerParts
 from worldsim.models.vae import frames_to_images, images_to_frames
 from worldsim.runtime import autocast
 from worldsim.training.checkpoint import (
@@ -43,6 +43,10 @@ from worldsim.training.loop import TrainConfig, TrainingTask, setup, train
 # log(MSE + eps) of frames in [-1, 1]: eps = 1e-5 caps a frame's PSNR term near 56 dB, so an
 # exact copy does not earn an unbounded reward.
 LOG_MSE_EPS = 1e-5
+
+# Sources whose mean absolute error at a pixel is within this of the best source's (frames in
+# [-1, 1]: one grey level is 2/255) count as equally right in `RefinerTask.gate_loss`.
+GATE_TIE = 2 / 255
 
 # The six frames of a pool example, each uint8 (N, H, W, 3).
 POOL_FRAMES = ("frame_t", "decoded_t", "decoded_t1", "frame_t1", "decoded_t2", "frame_t2")
@@ -84,10 +88,15 @@ class TrainRefinerConfig:
     so the many frames that barely change count as much as the few that change a lot; mse:
     the mean squared error over all pixels (dominated by frames that change a lot)."""
     drawn_weight: float = 1.0
-    """Weight of a second loss term on the drawn frame alone (the decode plus the residual,
-    before the blend with the copies). Without it (0) the blend can settle on copying the
-    previous frame everywhere: the drawn branch then gets no gradient and never catches up
-    (two refiners trained on 4,000 dreams of the guided DiT did exactly that)."""
+    """Weight of a loss term on the drawn frame alone (the decode plus the residual, before
+    the blend with the copies). Without it (0) the blend can settle on copying the previous
+    frame everywhere: the drawn branch then gets no gradient and never catches up (two
+    refiners trained on 4,000 dreams of the guided DiT did exactly that)."""
+    gate_weight: float = 1.0
+    """Weight of a cross-entropy term that teaches the blend, per pixel, which source is
+    closest to the real frame (the copies and the drawn frame; ties shared). The blend's
+    softmax saturates on whichever source wins early, and then the loss of the blended frame
+    no longer moves it; this term does (0: off)."""
     train: TrainConfig = field(default_factory=_default_train)
 
 
@@ -209,36 +218,52 @@ class RefinerTask(TrainingTask):
     def unroll(model: nn.Module, batch: dict[str, torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames t+1 and t+2 as the refiner draws them in a rollout, (B, 3, H, W) each."""
-        return tuple(shown for shown, _ in RefinerTask._unroll_drawn(model, batch))
+        return tuple(parts.shown for parts in RefinerTask._unroll_parts(model, batch))
 
     @staticmethod
-    def _unroll_drawn(model: nn.Module, batch: dict[str, torch.Tensor]
-                      ) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
-        """(shown, drawn) frames at t+1 and t+2 (see `FrameRefiner.forward`). The module is
-        called, so that a DistributedDataParallel wrapper synchronises gradients."""
-        first = model(batch["decoded_t1"], batch["frame_t"], batch["decoded_t"], with_drawn=True)
-        second = model(batch["decoded_t2"], first[0], batch["decoded_t1"], with_drawn=True)
+    def _unroll_parts(model: nn.Module, batch: dict[str, torch.Tensor]
+                      ) -> tuple[RefinerParts, RefinerParts]:
+        """The blends' parts at t+1 and t+2 (see `RefinerParts`). The module is called, so
+        that a DistributedDataParallel wrapper synchronises gradients."""
+        first = model(batch["decoded_t1"], batch["frame_t"], batch["decoded_t"], with_parts=True)
+        second = model(batch["decoded_t2"], first.shown, batch["decoded_t1"], with_parts=True)
         return first, second
 
-    def _frame_loss(self, frames: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor,
-                                                                               torch.Tensor]:
+    def _frame_loss(self, frames: torch.Tensor, target: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss of (B, 3, H, W) frames against the target, and their per-frame MSE (B,)."""
         mse = (frames - target).pow(2).mean((1, 2, 3))
         if self.cfg.loss == "log_mse":
             return torch.log(mse + LOG_MSE_EPS).mean(), mse
         return mse.mean(), mse
 
+    @staticmethod
+    def gate_loss(parts: RefinerParts, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the blend's logits (B, S + 1, H, W) against the sources closest to
+        `target` (B, 3, H, W) at each pixel: every source within GATE_TIE of the best shares
+        the target probability (a flat field matches its displaced copies too)."""
+        with torch.no_grad():
+            sources = torch.cat([parts.copies, parts.drawn[:, None]], 1)  # (B, S + 1, 3, H, W)
+            error = (sources - target[:, None]).abs().mean(2)              # (B, S + 1, H, W)
+            close = (error <= error.min(1, keepdim=True).values + GATE_TIE).float()
+            wanted = close / close.sum(1, keepdim=True)
+        return -(wanted * parts.logits.log_softmax(1)).sum(1).mean()
+
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
         total, metrics = 0.0, {}
-        for i, (shown, drawn) in enumerate(self._unroll_drawn(model, batch), start=1):
+        for i, parts in enumerate(self._unroll_parts(model, batch), start=1):
             target = batch[f"frame_t{i}"]
-            loss, mse = self._frame_loss(shown, target)
+            loss, mse = self._frame_loss(parts.shown, target)
             total = total + loss
             metrics[f"mse_step{i}"] = float(mse.detach().mean())
             if self.cfg.drawn_weight > 0:
-                drawn_loss, drawn_mse = self._frame_loss(drawn, target)
+                drawn_loss, drawn_mse = self._frame_loss(parts.drawn, target)
                 total = total + self.cfg.drawn_weight * drawn_loss
                 metrics[f"drawn_mse_step{i}"] = float(drawn_mse.detach().mean())
+            if self.cfg.gate_weight > 0:
+                gate = self.gate_loss(parts, target)
+                total = total + self.cfg.gate_weight * gate
+                metrics[f"gate_loss_step{i}"] = float(gate.detach())
         return total, metrics
 
     # ------------------------------------------------------------------ evaluation
