@@ -57,11 +57,12 @@ worldsim train reward --data "$data" --vae "$runs/vae-f4" --dynamics "$runs/dyn-
 
 # The frame refiner learns from two-step dreams of the DiT, so it needs a bundle without it
 # first (one that does not re-encode: the shipped refiner was trained on such dreams). It was
-# trained before the drawn frame had a loss term of its own (--drawn-weight 0 keeps it so).
+# trained on the blended frame's loss alone, before the drawn frame and the blend's choice of
+# source had terms of their own (--drawn-weight 0 --gate-weight 0 keep it so).
 worldsim bundle --vae "$runs/vae-f4" --dynamics "$runs/dyn-default" --data "$data" \
     --reward "$runs/reward" --sample-steps 1 --no-reencode --out "$runs/bundle-dit"
 worldsim train refiner --data "$data" --checkpoint "$runs/bundle-dit" --out "$runs/refiner" \
-    --pool 16000 --drawn-weight 0 --train.steps 4000 --train.time-limit-min 30
+    --pool 16000 --drawn-weight 0 --gate-weight 0 --train.steps 4000 --train.time-limit-min 30
 
 rm -rf worldsim/assets/crafter-default
 mkdir -p worldsim/assets
@@ -75,4 +76,4 @@ worldsim bundle --vae "$runs/vae-f4" --dynamics "$runs/dyn-guided" --data "$data
         --workers 2 --seed 12345
 worldsim eval --checkpoint worldsim/assets/crafter-default --data "$data-heldout" \
     --out docs/default-model-eval --threads 2 --idm-steps 1500 --stability-steps 1000 \
-    --stability-rollouts 2
+    --stability-rollouts 8
