@@ -270,22 +270,28 @@ class RefinerTask(TrainingTask):
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         pool = self._pool("val")
-        out: dict[str, list[np.ndarray]] = {"step1": [], "step2": []}
+        out: dict[str, list[np.ndarray]] = {f"{kind}{i}": [] for kind in ("shown", "drawn")
+                                            for i in (1, 2)}
         for i in range(0, len(pool["frame_t"]), 256):
             batch = {k: frames_to_images(v[i:i + 256].to(self.device)) for k, v in pool.items()}
-            for name, frames in zip(out, self.unroll(model, batch), strict=True):
-                out[name].append(images_to_frames(frames).cpu().numpy())
-        refined = {k: np.concatenate(v) for k, v in out.items()}
+            for step, parts in enumerate(self._unroll_parts(model, batch), start=1):
+                out[f"shown{step}"].append(images_to_frames(parts.shown).cpu().numpy())
+                out[f"drawn{step}"].append(images_to_frames(parts.drawn).cpu().numpy())
+        frames = {k: np.concatenate(v) for k, v in out.items()}
         metrics: dict[str, float] = {}
         for step, (target, decoded, previous) in {
-                "step1": ("frame_t1", "decoded_t1", "frame_t"),
-                "step2": ("frame_t2", "decoded_t2", "frame_t1")}.items():
+                1: ("frame_t1", "decoded_t1", "frame_t"),
+                2: ("frame_t2", "decoded_t2", "frame_t1")}.items():
             real = pool[target].numpy()
             changed = (real != pool[previous].numpy()).reshape(len(real), -1).any(1)
-            for name, fake in (("refined", refined[step]), ("decoded", pool[decoded].numpy()),
+            # refined: the blend shown; drawn: its drawn frame alone (decode + residual)
+            for name, fake in (("refined", frames[f"shown{step}"]),
+                               ("drawn", frames[f"drawn{step}"]),
+                               ("decoded", pool[decoded].numpy()),
                                ("copy_last", pool[previous].numpy())):
-                metrics[f"{step}_psnr_changed_{name}"] = float(
+                metrics[f"step{step}_psnr_changed_{name}"] = float(
                     pair_metrics(real[changed], fake[changed])["psnr"].mean())
+        refined = {"step1": frames["shown1"]}
         n = 8  # image: rows of (previous, plain decode, refined, real) at step 1
         grid = np.concatenate([pool["frame_t"][:n].numpy(), pool["decoded_t1"][:n].numpy(),
                                refined["step1"][:n], pool["frame_t1"][:n].numpy()], 2)
