@@ -91,6 +91,24 @@ def test_the_gate_loss_moves_a_saturated_blend_towards_the_right_copy():
     assert (refiner.out.bias.grad.view(8, -1)[2] < -1e-3).all()  # descent raises its logit
 
 
+def test_a_hard_blend_takes_every_pixel_from_one_source():
+    refiner = FrameRefiner(RefinerConfig(width=16, blocks=1, groups=4, copy_shift=7)).eval()
+    with torch.no_grad():  # random logits, so the sources' weights differ from pixel to pixel
+        torch.nn.init.normal_(refiner.out.weight, std=0.5)
+    frames = [frames_to_images(_frames(seed, n=2, size=28)) for seed in range(3)]
+    with torch.no_grad():
+        soft = refiner(*frames)
+        parts = refiner(*frames, with_parts=True)
+        refiner.hard_blend = True
+        hard = refiner(*frames)
+    torch.testing.assert_close(soft, parts.shown)
+    sources = torch.cat([parts.copies, parts.drawn[:, None]], 1)  # (B, S + 1, 3, H, W)
+    pick = parts.logits.argmax(1)                                  # (B, H, W)
+    expected = sources.gather(1, pick[:, None, None].expand(-1, 1, 3, -1, -1))[:, 0]
+    torch.testing.assert_close(hard, expected)
+    assert len(pick.unique()) > 1 and not torch.allclose(hard, soft)
+
+
 def test_displaced_moves_the_content_and_fills_the_uncovered_band():
     from worldsim.models.refiner import displaced, shifts
 
@@ -226,6 +244,16 @@ def test_train_refiner_then_bundle_uses_it(tiny_bundle, tmp_path):
     torch.testing.assert_close(fb.latents, fed.encode(fb.shown.frames))
     torch.testing.assert_close(plain.latents, wm.encode(plain.decoded))
     assert not torch.allclose(fb.latents, plain.latents)
+    bundle_main(["--vae", str(root / "run-vae"), "--dynamics", str(root / "run-dyn"),
+                 "--data", str(root / "data"), "--refiner", str(cfg.out), "--num-contexts", "2",
+                 "--context-frames", "2", "--refiner-blend", "hard",
+                 "--out", str(tmp_path / "bundle-hard")])
+    assert WorldModel.load(tmp_path / "bundle-hard").refiner.hard_blend
+    assert not wm.refiner.hard_blend
+    with pytest.raises(ValueError, match="needs a refiner"):
+        build_bundle(tmp_path / "bundle4", vae_checkpoint=root / "run-vae",
+                     dynamics_checkpoint=tiny_bundle / "dynamics", data=root / "data",
+                     num_contexts=2, context_frames=2, refiner_blend="hard")
     with pytest.raises(ValueError, match="needs a refiner"):
         build_bundle(tmp_path / "bundle3", vae_checkpoint=root / "run-vae",
                      dynamics_checkpoint=tiny_bundle / "dynamics", data=root / "data",

@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -150,6 +150,10 @@ class WorldModel:
         # plain decode. Only steps given what they showed before (`step(shown=...)`) can do
         # it; the others re-encode the plain decode.
         self.feedback: bool = bool(sampling.get("feedback", False))
+        # How the refiner blends its sources at inference: "soft" (the weighted mean it was
+        # trained with) or "hard" (the largest weight's source per pixel); see FrameRefiner.
+        if refiner is not None:
+            refiner.hard_blend = sampling.get("refiner_blend", "soft") == "hard"
         # Classifier-free guidance scale on the action (1: none; see DynamicsModel.step).
         self.guidance: float = float(sampling.get("guidance", 1.0))
         self.start_frames = start_frames      # uint8 (N, K, H, W, 3)
@@ -429,7 +433,8 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
                  metrics: dict | None = None, num_steps: int | None = None,
                  sampler: str | None = None, reward_checkpoint: str | Path | None = None,
                  refiner_checkpoint: str | Path | None = None, reencode: bool = True,
-                 guidance: float = 1.0, feedback: bool = False) -> Path:
+                 guidance: float = 1.0, feedback: bool = False,
+                 refiner_blend: str = "soft") -> Path:
     """Assemble a bundle from a VAE checkpoint, a dynamics checkpoint (EMA weights), optionally
     a reward model checkpoint and a frame refiner checkpoint, and real start contexts drawn
     (seeded) from the validation episodes of the dataset `data`. `num_steps` / `sampler`: the
@@ -437,7 +442,8 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
     rollouts re-encode every sampled latent (`WorldModel.reencode`); `guidance`: the
     classifier-free guidance scale on the action (`WorldModel.guidance`); `feedback`: whether
     rollouts continue from the encoding of the refined frame (`WorldModel.feedback`; needs a
-    refiner). `metrics`: None takes those recorded in the dynamics checkpoint."""
+    refiner); `refiner_blend`: "soft" or "hard" (`FrameRefiner.hard_blend`). `metrics`: None
+    takes those recorded in the dynamics checkpoint."""
     import tempfile
 
     from worldsim.data.store import EpisodeStore
@@ -467,6 +473,12 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
             raise ValueError("feedback re-encodes the refiner's frames: it needs a refiner "
                              "(--refiner) and re-encoding")
         sampling["feedback"] = True
+    if refiner_blend not in ("soft", "hard"):
+        raise ValueError(f"refiner_blend must be 'soft' or 'hard', got {refiner_blend!r}")
+    if refiner_blend == "hard":  # recorded only when not the default
+        if refiner_checkpoint is None:
+            raise ValueError("--refiner-blend hard needs a refiner (--refiner)")
+        sampling["refiner_blend"] = "hard"
     if sampling["num_steps"] < 1:
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
     get_sampler(sampling["sampler"])  # an unknown name raises, listing the choices
@@ -595,6 +607,10 @@ class BundleConfig:
     guidance: float = 1.0
     """Classifier-free guidance scale on the action (1: none); needs a dynamics model trained
     with `--action-dropout`. Each sampler step then runs the network twice."""
+    refiner_blend: Literal["soft", "hard"] = "soft"
+    """How the refiner blends its copy sources and drawn frame at inference: the weighted mean
+    it was trained with, or per pixel the source with the largest weight (sharper late in
+    long dreams; docs/DESIGN-NOTES.md)."""
     feedback: bool = False
     """Rollouts that show frames continue from the encoding of the refiner's frame (which
     copies what did not change pixel for pixel) instead of the plain decode's; needs
@@ -612,6 +628,7 @@ def main(argv: list[str] | None = None) -> None:
                        num_contexts=cfg.num_contexts, context_frames=cfg.context_frames,
                        seed=cfg.seed, num_steps=cfg.sample_steps, sampler=cfg.sampler,
                        reencode=cfg.reencode, guidance=cfg.guidance, feedback=cfg.feedback,
+                       refiner_blend=cfg.refiner_blend,
                        reward_checkpoint=None if cfg.reward is None else resolve_checkpoint(cfg.reward),
                        refiner_checkpoint=None if cfg.refiner is None else resolve_checkpoint(cfg.refiner))
     print(f"bundle: {out}", flush=True)

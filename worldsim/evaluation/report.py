@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -88,6 +88,9 @@ class EvalConfig:
     """Real context frames K given to the model (0: the DiT's window minus one)."""
     guidance: float | None = None
     """Classifier-free guidance scale on the action for every dream (None: the bundle's)."""
+    refiner_blend: Literal["soft", "hard"] | None = None
+    """How the refiner blends its sources (None: the bundle's setting; see `worldsim bundle
+    --refiner-blend`)."""
     feedback: bool | None = None
     """Dreams continue from the encoding of the refiner's frames (None: the bundle's setting;
     see `worldsim bundle --feedback`)."""
@@ -239,6 +242,8 @@ class Evaluation:
         self.wm = worldsim.load(cfg.checkpoint, device=cfg.device)
         if cfg.guidance is not None:
             self.wm.guidance = float(cfg.guidance)
+        if cfg.refiner_blend is not None and self.wm.refiner is not None:
+            self.wm.refiner.hard_blend = cfg.refiner_blend == "hard"
         if cfg.feedback is not None:
             if cfg.feedback and self.wm.refiner is None:
                 raise ValueError(f"--feedback continues dreams from the refiner's frames; "
@@ -279,6 +284,9 @@ class Evaluation:
         g = self.wm.guidance
         note = "" if g == 1 else (f", with classifier-free guidance {g:g} on the action (each "
                                   "sampler step runs the network on twice the rows)")
+        if self.wm.refiner is not None and self.wm.refiner.hard_blend:
+            note += ("; the frame refiner takes each pixel from its most likely source (hard "
+                     "blend)")
         if self.wm.feedback:
             note += ("; each dream continues from the encoding of the frame the refiner shows "
                      "(feedback), not of the plain decode")
@@ -935,6 +943,8 @@ class Evaluation:
             "context_frames": self.context, "window": self.wm.window,
             "default_sampler_steps": self.heads_steps,
             "guidance": self.wm.guidance, "feedback": self.wm.feedback,
+            "refiner_blend": (None if self.wm.refiner is None else
+                              "hard" if self.wm.refiner.hard_blend else "soft"),
             "config": resolved, "worldsim_version": worldsim.__version__,
             "timing_s": dict(self.timing), "figures": sorted(self.figures),
             **self.metrics}

@@ -96,6 +96,11 @@ class FrameRefiner(nn.Module):
     def __init__(self, cfg: RefinerConfig = RefinerConfig()):
         super().__init__()
         self.cfg = cfg
+        # Inference only: each pixel comes from the one source with the largest weight
+        # instead of the weighted mean. Training learns the soft blend; where several sources
+        # half-match (late in a dream) their mean is a blur, and the pick keeps the frame
+        # sharp (a bundle setting, `worldsim bundle --refiner-blend hard`).
+        self.hard_blend = False
         p, D, S = cfg.patch, cfg.width, cfg.copy_sources
         # inputs: decoded_next, previous_decoded and the S copy sources, 3 channels each
         self.inp = nn.Conv2d(3 * (2 + S) * p * p, D, 3, padding=1)
@@ -134,6 +139,8 @@ class FrameRefiner(nn.Module):
         # mask m = sigmoid(logit) of the module docstring
         logits = torch.cat([h[:, :S].float(), torch.zeros_like(h[:, :1], dtype=torch.float32)], 1)
         w = logits.softmax(1)  # (B, S + 1, H, W): the copies, then the drawn frame
+        if self.hard_blend and not with_parts:
+            w = F.one_hot(w.argmax(1), S + 1).permute(0, 3, 1, 2).to(w.dtype)
         copies = torch.stack([f.float() for f in sources], 1)  # (B, S, 3, H, W)
         shown = (w[:, :S, None] * copies).sum(1) + w[:, S:] * drawn
         return RefinerParts(shown, drawn, logits, copies) if with_parts else shown
