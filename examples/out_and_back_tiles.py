@@ -5,9 +5,10 @@
 
 Runs the out-and-back walks of `worldsim eval` (`evaluation.fidelity.consistency`, the same
 seeded starts and context) and keeps the walks where the real game came back to its start
-(within `CLEAN_RETURN_PSNR_DB`). For each walk direction and k it prints the mean squared error
-against the start frame per tile column (left/right walks) or tile row (up/down walks), for
-the dream, the dream restarted without memory at the turning point, and the real game.
+(`evaluation.fidelity.clean_returns`). For each walk direction and k it prints the mean
+squared error against the start frame per tile column (left/right walks) or tile row
+(up/down walks), for the dream, the dream restarted without memory at the turning point, and
+the real game.
 
 If the dream only lacked memory, its error would sit on the tile line that left the view and
 came back (the right column after move_left and back, the left one after move_right
@@ -36,7 +37,7 @@ def tile_errors(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
 def main() -> None:
     import worldsim
     from worldsim.data.store import EpisodeStore
-    from worldsim.evaluation.fidelity import CLEAN_RETURN_PSNR_DB, consistency
+    from worldsim.evaluation.fidelity import clean_returns, consistency
     from worldsim.evaluation.report import action_names_of
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -58,9 +59,7 @@ def main() -> None:
         raise SystemExit(f"cannot run the out-and-back walks: {run}")
     out_moves = np.array([w[0] for w in run.walks])
     for k in args.ks:
-        mse = ((run.real_return[k].astype(np.float64) - run.start) ** 2).mean(axis=(1, 2, 3))
-        psnr = 10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))
-        clean = run.real_valid[k] & (psnr >= CLEAN_RETURN_PSNR_DB)
+        clean = clean_returns(run, k)
         for move, axis in (("move_left", 2), ("move_right", 2), ("move_up", 1), ("move_down", 1)):
             rows = clean & (out_moves == move)
             if not rows.any():

@@ -285,13 +285,7 @@ class WorldModel:
     def round_trip(self, latents: torch.Tensor) -> torch.Tensor:
         """encode(decode(latents)): (..., C, h, w) -> the same shape, back on the set of
         latents the encoder gives real frames (re-encoding)."""
-        return self.round_trip_with_frames(latents)[1]
-
-    @torch.no_grad()
-    def round_trip_with_frames(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The round trip and the frames it passed through: uint8 (..., H, W, 3), (..., C, h, w)."""
-        frames = self.decode(latents)
-        return frames, self.encode(frames)
+        return self.encode(self.decode(latents))
 
     @torch.no_grad()
     def render_start(self, frames: np.ndarray | torch.Tensor, latents: torch.Tensor,

@@ -630,6 +630,17 @@ def consistency(wm, store: EpisodeStore, episodes: Sequence[Episode], *, context
 CLEAN_RETURN_PSNR_DB = 25.0
 
 
+def clean_returns(run: ConsistencyRun, k: int) -> np.ndarray:
+    """(S,) bool: the starts whose real k-step walk out and back ran and came back to within
+    CLEAN_RETURN_PSNR_DB of the start frame."""
+    valid = run.real_valid[k]
+    clean = np.zeros(len(valid), bool)
+    if valid.any():
+        real = pair_metrics(run.start[valid], run.real_return[k][valid])
+        clean[np.flatnonzero(valid)] = real["psnr"] >= CLEAN_RETURN_PSNR_DB
+    return clean
+
+
 def consistency_metrics(run: ConsistencyRun) -> dict[str, Any]:
     """Per k: the returning view against the start frame for the dream, the real game, the
     dream that forgot, and unrelated real frames; the dream's return against the real
@@ -655,8 +666,8 @@ def consistency_metrics(run: ConsistencyRun) -> dict[str, Any]:
             vs_real = pair_metrics(run.real_return[k][valid], run.dream_return[k][valid])
             entry["real_vs_start"] = summary(real)
             entry["dream_vs_real_return"] = summary(vs_real)
-            clean = real["psnr"] >= CLEAN_RETURN_PSNR_DB
-            rows = np.flatnonzero(valid)[clean]
+            returned = clean_returns(run, k)  # (S,), within the valid starts
+            rows, clean = np.flatnonzero(returned), returned[valid]
             entry["clean"] = {
                 "starts": int(clean.sum()),
                 "dream_vs_start": summary(subset(dream, rows)),

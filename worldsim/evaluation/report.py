@@ -242,12 +242,12 @@ class Evaluation:
         self.wm = worldsim.load(cfg.checkpoint, device=cfg.device)
         if cfg.guidance is not None:
             self.wm.guidance = float(cfg.guidance)
+        if (cfg.refiner_blend == "hard" or cfg.feedback) and self.wm.refiner is None:
+            raise ValueError(f"--refiner-blend hard and --feedback change how the frame refiner "
+                             f"is used; {cfg.checkpoint} has no refiner")
         if cfg.refiner_blend is not None and self.wm.refiner is not None:
             self.wm.refiner.hard_blend = cfg.refiner_blend == "hard"
         if cfg.feedback is not None:
-            if cfg.feedback and self.wm.refiner is None:
-                raise ValueError(f"--feedback continues dreams from the refiner's frames; "
-                                 f"{cfg.checkpoint} has no refiner")
             self.wm.feedback = bool(cfg.feedback)
         data = cfg.data or self.wm.config.get("data", {}).get("path")
         if data is None:

@@ -140,7 +140,7 @@ class FrameRefiner(nn.Module):
         logits = torch.cat([h[:, :S].float(), torch.zeros_like(h[:, :1], dtype=torch.float32)], 1)
         w = logits.softmax(1)  # (B, S + 1, H, W): the copies, then the drawn frame
         if self.hard_blend and not with_parts:
-            w = F.one_hot(w.argmax(1), S + 1).permute(0, 3, 1, 2).to(w.dtype)
+            w = F.one_hot(logits.argmax(1), S + 1).permute(0, 3, 1, 2).to(w.dtype)
         copies = torch.stack([f.float() for f in sources], 1)  # (B, S, 3, H, W)
         shown = (w[:, :S, None] * copies).sum(1) + w[:, S:] * drawn
         return RefinerParts(shown, drawn, logits, copies) if with_parts else shown

@@ -216,15 +216,10 @@ class RefinerTask(TrainingTask):
 
     @staticmethod
     def unroll(model: nn.Module, batch: dict[str, torch.Tensor]
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frames t+1 and t+2 as the refiner draws them in a rollout, (B, 3, H, W) each."""
-        return tuple(parts.shown for parts in RefinerTask._unroll_parts(model, batch))
-
-    @staticmethod
-    def _unroll_parts(model: nn.Module, batch: dict[str, torch.Tensor]
-                      ) -> tuple[RefinerParts, RefinerParts]:
-        """The blends' parts at t+1 and t+2 (see `RefinerParts`). The module is called, so
-        that a DistributedDataParallel wrapper synchronises gradients."""
+               ) -> tuple[RefinerParts, RefinerParts]:
+        """Frames t+1 and t+2 as the refiner draws them in a rollout, as the blends' parts
+        (`RefinerParts`; `.shown` is the frame). The module is called, so that a
+        DistributedDataParallel wrapper synchronises gradients."""
         first = model(batch["decoded_t1"], batch["frame_t"], batch["decoded_t"], with_parts=True)
         second = model(batch["decoded_t2"], first.shown, batch["decoded_t1"], with_parts=True)
         return first, second
@@ -251,7 +246,7 @@ class RefinerTask(TrainingTask):
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
         total, metrics = 0.0, {}
-        for i, parts in enumerate(self._unroll_parts(model, batch), start=1):
+        for i, parts in enumerate(self.unroll(model, batch), start=1):
             target = batch[f"frame_t{i}"]
             loss, mse = self._frame_loss(parts.shown, target)
             total = total + loss
@@ -274,7 +269,7 @@ class RefinerTask(TrainingTask):
                                             for i in (1, 2)}
         for i in range(0, len(pool["frame_t"]), 256):
             batch = {k: frames_to_images(v[i:i + 256].to(self.device)) for k, v in pool.items()}
-            for step, parts in enumerate(self._unroll_parts(model, batch), start=1):
+            for step, parts in enumerate(self.unroll(model, batch), start=1):
                 out[f"shown{step}"].append(images_to_frames(parts.shown).cpu().numpy())
                 out[f"drawn{step}"].append(images_to_frames(parts.drawn).cpu().numpy())
         frames = {k: np.concatenate(v) for k, v in out.items()}
@@ -291,10 +286,9 @@ class RefinerTask(TrainingTask):
                                ("copy_last", pool[previous].numpy())):
                 metrics[f"step{step}_psnr_changed_{name}"] = float(
                     pair_metrics(real[changed], fake[changed])["psnr"].mean())
-        refined = {"step1": frames["shown1"]}
         n = 8  # image: rows of (previous, plain decode, refined, real) at step 1
         grid = np.concatenate([pool["frame_t"][:n].numpy(), pool["decoded_t1"][:n].numpy(),
-                               refined["step1"][:n], pool["frame_t1"][:n].numpy()], 2)
+                               frames["shown1"][:n], pool["frame_t1"][:n].numpy()], 2)
         return metrics, {"previous_decoded_refined_real": grid.reshape(-1, *grid.shape[2:])}
 
 
