@@ -186,6 +186,18 @@ def achievement_names(env, first_info: dict[str, Any]) -> list[str]:
     return list(first_info.get("achievements", {}))
 
 
+def _env_at_frame_size(env, cfg: ScoreConfig, wanted):
+    """`env` again, drawing frames of the size the agent sees, when the two differ only in
+    frame size (an agent trained in a dream of Crafter drawn at 72x72 plays the real game
+    drawn at 72x72); otherwise `env` unchanged."""
+    from worldsim.data.collect import is_rgb_frame_space, make_env
+
+    if not (is_rgb_frame_space(env.observation_space) and is_rgb_frame_space(wanted)):
+        return env
+    env.close()
+    return make_env(cfg.env, size=tuple(wanted.shape[:2]), max_episode_steps=cfg.max_episode_steps)
+
+
 def score_agent(cfg: ScoreConfig) -> ScoreResult:
     import gymnasium as gym
 
@@ -197,6 +209,8 @@ def score_agent(cfg: ScoreConfig) -> ScoreResult:
     env = gym.make(cfg.env, **kwargs)
     agent = make_agent(cfg.agent, env.action_space, cfg.seed, cfg.greedy, cfg.device)
     model = getattr(agent, "model", None)
+    if model is not None and env.observation_space != model.observation_space:
+        env = _env_at_frame_size(env, cfg, model.observation_space)
     if model is not None and env.observation_space != model.observation_space:
         raise ValueError(f"the agent in {cfg.agent} sees {model.observation_space}, but "
                          f"{cfg.env} gives {env.observation_space}")

@@ -1,4 +1,4 @@
-"""Where the dream's out-and-back return differs from its start, per 7-pixel Crafter tile.
+"""Where the dream's out-and-back return differs from its start, per Crafter tile.
 
     python examples/out_and_back_tiles.py --checkpoint worldsim/assets/crafter-default \
         --data data/crafter-heldout
@@ -23,7 +23,7 @@ import argparse
 import numpy as np
 import torch
 
-TILE = 7  # Crafter draws a 9x9 grid of 7-pixel tiles into a 64x64 frame (the last pixel is black)
+VIEW_TILES = 9  # Crafter draws a 9x9 grid of tiles: 7 pixels at 64x64 (the last pixel black), 8 at 72x72
 
 
 def tile_errors(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
@@ -31,7 +31,8 @@ def tile_errors(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
     2 columns) -> (lines,)."""
     other = tuple(d for d in (0, 1, 2, 3) if d != axis)
     err = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=other)
-    return np.array([err[i:i + TILE].mean() for i in range(0, TILE * (len(err) // TILE), TILE)])
+    tile = a.shape[axis] // VIEW_TILES
+    return np.array([err[i:i + tile].mean() for i in range(0, tile * VIEW_TILES, tile)])
 
 
 def main() -> None:

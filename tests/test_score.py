@@ -100,9 +100,12 @@ def test_random_agent_on_short_crafter_episodes(tmp_path):
         assert image.format == "PNG" and image.height > CRAFTER_ACHIEVEMENTS * 10
 
 
-def test_saved_agent_plays_crafter(tmp_path):
+@pytest.mark.parametrize("size", [64, 72])
+def test_saved_agent_plays_crafter(tmp_path, size):
+    """An agent that sees frames of another size (one trained in a dream of Crafter drawn at
+    72x72) plays the real game drawn at its size."""
     torch.manual_seed(0)
-    model = ActorCritic(PRESETS["tiny"](), spaces.Box(0, 255, (64, 64, 3), np.uint8),
+    model = ActorCritic(PRESETS["tiny"](), spaces.Box(0, 255, (size, size, 3), np.uint8),
                         spaces.Discrete(17))
     save_agent(tmp_path / "agent", model)
     cfg = ScoreConfig(agent=str(tmp_path / "agent"), episodes=1, max_episode_steps=10,

@@ -63,7 +63,7 @@ def _hw(size: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
     return size
 
 
-def _is_rgb_frame_space(space: spaces.Space) -> bool:
+def is_rgb_frame_space(space: spaces.Space) -> bool:
     return (isinstance(space, spaces.Box) and space.dtype == np.uint8
             and len(space.shape) == 3 and space.shape[2] == 3)
 
@@ -81,7 +81,7 @@ class FrameObservation(gym.ObservationWrapper):
         super().__init__(env)
         if source not in ("observation", "render"):
             raise ValueError(f"source must be 'observation' or 'render', not {source!r}")
-        if source == "observation" and not _is_rgb_frame_space(env.observation_space):
+        if source == "observation" and not is_rgb_frame_space(env.observation_space):
             raise ValueError(f"{env.spec.id if env.spec else env}: observation space "
                              f"{env.observation_space} is not uint8 (H, W, 3); use source='render'")
         if source == "render" and env.render_mode != "rgb_array":
@@ -137,7 +137,7 @@ def make_env(env_id: str, size: int | tuple[int, int] = 64, env_kwargs: dict | N
     if "size" not in kwargs and _accepts_size(env_id):
         kwargs["size"] = _hw(size)
     env = gym.make(env_id, **kwargs)
-    if _is_rgb_frame_space(env.observation_space):
+    if is_rgb_frame_space(env.observation_space):
         return FrameObservation(env, size, source="observation")
     if env.render_mode != "rgb_array":
         env.close()
