@@ -211,9 +211,9 @@ def score_agent(cfg: ScoreConfig) -> ScoreResult:
     model = getattr(agent, "model", None)
     if model is not None and env.observation_space != model.observation_space:
         env = _env_at_frame_size(env, cfg, model.observation_space)
-    if model is not None and env.observation_space != model.observation_space:
-        raise ValueError(f"the agent in {cfg.agent} sees {model.observation_space}, but "
-                         f"{cfg.env} gives {env.observation_space}")
+        if env.observation_space != model.observation_space:
+            raise ValueError(f"the agent in {cfg.agent} sees {model.observation_space}, but "
+                             f"{cfg.env} gives {env.observation_space}")
     episodes = []
     bar = None
     if cfg.progress:

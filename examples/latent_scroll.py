@@ -23,19 +23,13 @@ VIEW_TILES, MAP_TILES = 9, 7  # Crafter's view: 9x9 tiles, the top 7 rows the ma
 CONTENT_SLIDES = {"move_left": (0, 1), "move_right": (0, -1), "move_up": (1, 0), "move_down": (-1, 0)}
 
 
-def slide(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """(..., H, W) slid by (dy, dx): out[y, x] = a[y - dy, x - dx]; NaN where nothing slid in."""
-    out = np.full(a.shape, np.nan)
-    H, W = a.shape[-2:]
-    out[..., max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = \
-        a[..., max(-dy, 0):H + min(-dy, 0), max(-dx, 0):W + min(-dx, 0)]
-    return out
-
-
 def slid_error(before: np.ndarray, after: np.ndarray, dy: int, dx: int, power: int = 2) -> float:
-    """Mean (squared, power 2; absolute, 1) error of `after` against `before` slid by
-    (dy, dx), where both exist."""
-    s = slide(before.astype(np.float64), dy, dx)
+    """Mean (squared, power 2; absolute, 1) error of `after` (..., H, W) against `before`
+    with its content moved by (dy, dx), where both exist."""
+    from worldsim.models.refiner import displaced
+
+    b = torch.from_numpy(before.astype(np.float64))
+    s = displaced(b, dy, dx, fill=torch.full_like(b, float("nan"))).numpy()  # NaN: slid in
     ok = ~np.isnan(s)
     return float((np.abs(s[ok] - after[ok]) ** power).mean())
 
