@@ -409,3 +409,28 @@ def test_guidance_scales_what_the_action_changes():
     for ours, plain in zip(guided_state.cache.keys, plain_state.cache.keys, strict=True):
         torch.testing.assert_close(ours, plain)
     assert guided_state.position.tolist() == plain_state.position.tolist()
+
+
+def test_training_evaluation_measures_how_much_the_model_reads_the_action(tiny_bundle, tmp_path):
+    """val_action_gain compares the validation loss under each window's own actions with the
+    same windows and noise under another window's actions: exactly 0 for a fresh model (its
+    output ignores every input) and not 0 once the output depends on the action."""
+    from tiny_bundle import tiny_train
+
+    from worldsim.training.loop import setup
+    from worldsim.training.train_dynamics import DynamicsTask, TrainDynamicsConfig
+
+    root = tiny_bundle.parent.parent
+    cfg = TrainDynamicsConfig(data=root / "data", vae=root / "run-vae", out=tmp_path / "run",
+                              dit=dit_tiny(), train=tiny_train(2, 4), eval_windows=4,
+                              eval_horizon=2, eval_context=2)
+    task = DynamicsTask(cfg, setup(cfg.train).device)
+    metrics, _ = task.evaluate(task.model)
+    assert metrics["val_action_gain"] == 0.0
+    with torch.no_grad():
+        for param in task.model.parameters():
+            if not param.any():
+                param.normal_(std=0.05)
+        task.model.action_encoder.encoders[0].table.weight.normal_(std=1.0)
+    metrics, _ = task.evaluate(task.model)
+    assert metrics["val_action_gain"] != 0.0 and np.isfinite(metrics["val_action_gain"])
