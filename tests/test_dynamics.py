@@ -375,6 +375,10 @@ def test_action_dropout_teaches_an_action_free_prediction():
                                                "action_dropout": 0.9999})
     assert loss(plain, actions) != loss(plain, other)
     assert loss(dropped, actions) == loss(dropped, other)
+    # measuring how much the model reads the action turns the dropout off
+    assert dropped.action_gain(latents, actions, rewards, terminated) == pytest.approx(
+        plain.action_gain(latents, actions, rewards, terminated))
+    assert plain.action_gain(latents, actions, rewards, terminated) != 0
     assert DynamicsConfig.from_dict({k: v for k, v in plain.config.to_dict().items()
                                      if k != "action_dropout"}).action_dropout == 0.0
 

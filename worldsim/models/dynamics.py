@@ -474,7 +474,8 @@ class DynamicsModel(nn.Module):
     def loss(self, latents: torch.Tensor, actions: dict[str, torch.Tensor],
              rewards: torch.Tensor, terminated: torch.Tensor,
              generator: torch.Generator | None = None,
-             position_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+             position_weight: torch.Tensor | None = None,
+             action_dropout: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
         """Denoising loss on every frame of the windows, plus the heads' losses.
 
         latents: (B, T, C, h, w) normalised clean latents (T >= 2; T may exceed the attention
@@ -482,7 +483,8 @@ class DynamicsModel(nn.Module):
         rewards, terminated: (B, T-1). Each window is in the teacher-forcing layout (a share
         `teacher_forcing_prob`) or in the Diffusion Forcing one; both train every frame.
         position_weight: optional (h, w) weights of the latent positions in the denoising loss
-        (mean-normalised; see `edm_loss`). Returns the scalar loss and float metrics.
+        (mean-normalised; see `edm_loss`). action_dropout=False: every frame sees its action
+        even when the config has `action_dropout`. Returns the scalar loss and float metrics.
         """
         B, T = latents.shape[:2]
         cfg = self.config
@@ -497,7 +499,7 @@ class DynamicsModel(nn.Module):
         rewards = torch.as_tensor(rewards, device=device)
         terminated = torch.as_tensor(terminated, device=device)
         action_emb = self.embed_actions(actions, T)
-        if cfg.action_dropout > 0:
+        if cfg.action_dropout > 0 and action_dropout:
             # Frame 0 already carries "no action"; drawn only when on, so runs without it keep
             # their random stream.
             dropped = torch.rand(B, T, generator=generator, device=device) < cfg.action_dropout
@@ -537,6 +539,22 @@ class DynamicsModel(nn.Module):
                 "reward_mae": (predicted - rewards[order].to(predicted)).abs().mean().item(),
             }
         return loss, metrics
+
+    @torch.no_grad()
+    def action_gain(self, latents: torch.Tensor, actions: dict[str, torch.Tensor],
+                    rewards: torch.Tensor, terminated: torch.Tensor, seed: int = 0) -> float:
+        """How much the model reads the action: the relative rise of the denoising loss on
+        windows (B >= 2, as `loss` takes them) when each window takes the actions of the one
+        before it in the batch, under the same noise. 0 when the prediction ignores the action.
+        A model can predict most moves of held actions from the motion already in its
+        context, so a low loss alone does not show that it follows the action."""
+        def diffusion_loss(acts: dict[str, torch.Tensor]) -> float:
+            generator = torch.Generator(latents.device).manual_seed(seed)
+            return self.loss(latents, acts, rewards, terminated, generator,
+                             action_dropout=False)[1]["diffusion_loss"]
+
+        shuffled = {k: v.roll(1, dims=0) for k, v in actions.items()}
+        return diffusion_loss(shuffled) / max(diffusion_loss(actions), 1e-12) - 1
 
     # -- incremental rollout ---------------------------------------------------------------
 

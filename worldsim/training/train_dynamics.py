@@ -344,23 +344,13 @@ class DynamicsTask(TrainingTask):
         batch, frames = val["batch"], val["frames"]  # frames uint8 (B, L, H, W, 3)
         g = torch.Generator(self.device).manual_seed(0)
         W = self.window
-        window_actions = {k: v[:, :W - 1] for k, v in batch["actions"].items()}
+        window = (batch["latents"][:, :W], {k: v[:, :W - 1] for k, v in batch["actions"].items()},
+                  batch["rewards"][:, :W - 1], batch["terminated"][:, :W - 1])
         with autocast(self.device, self.cfg.train.bf16):
-            loss, scalars = model.loss(batch["latents"][:, :W], window_actions,
-                                       batch["rewards"][:, :W - 1],
-                                       batch["terminated"][:, :W - 1], generator=g)
-            # The same windows and noise with each window's actions taken from another window:
-            # how much worse the denoising gets is how much the model reads the action. A model
-            # can predict most moves of held actions from the motion already in its context, so
-            # a low loss alone does not show that it follows the action.
-            shuffled = {k: v.roll(1, dims=0) for k, v in window_actions.items()}
-            _, shuffled_scalars = model.loss(batch["latents"][:, :W], shuffled,
-                                             batch["rewards"][:, :W - 1],
-                                             batch["terminated"][:, :W - 1],
-                                             generator=torch.Generator(self.device).manual_seed(0))
+            loss, scalars = model.loss(*window, generator=g)
+            action_gain = model.action_gain(*window)
         metrics = {f"val_{k}": v for k, v in scalars.items()}
-        metrics["val_action_gain"] = (shuffled_scalars["diffusion_loss"]
-                                      / max(scalars["diffusion_loss"], 1e-12) - 1)
+        metrics["val_action_gain"] = action_gain
         K, Hn = self.cfg.eval_context, self.cfg.eval_horizon
         latents, actions = batch["latents"], batch["actions"]
         real = torch.from_numpy(frames)
