@@ -23,6 +23,7 @@ def main() -> None:
     from worldsim.models.vae import VAE
     from worldsim.runtime import autocast
     from worldsim.training.encode import ensure_latents
+    from worldsim.training.train_dynamics import windows_to_device
     from worldsim.world_model import load_dynamics
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -42,14 +43,10 @@ def main() -> None:
     tag = ensure_latents(VAE.from_checkpoint(vae_path), store, vae_path)
     windows = WindowDataset(store, "val", length=model.config.dit.window, latents=tag)
     picks = np.unique(np.linspace(0, len(windows) - 1, args.windows).astype(int))
-    batch = collate([windows[i] for i in picks])
-    latents = torch.from_numpy(batch["observations"]).float()
-    actions = {k: torch.from_numpy(v) for k, v in batch["actions"].items()}
-    rewards = torch.from_numpy(batch["rewards"]).float()
-    terminated = torch.from_numpy(batch["terminated"])
+    batch = windows_to_device("cpu", collate([windows[i] for i in picks]))
+    window = (batch["latents"], batch["actions"], batch["rewards"], batch["terminated"])
     with autocast(torch.device("cpu"), True):
-        gain = np.mean([model.action_gain(latents, actions, rewards, terminated, seed=seed)
-                        for seed in range(args.seeds)])
+        gain = np.mean([model.action_gain(*window, seed=seed) for seed in range(args.seeds)])
     print(json.dumps({"checkpoint": args.checkpoint, "data": args.data, "windows": len(picks),
                       "seeds": args.seeds, "action_gain": float(gain)}, indent=1))
 

@@ -347,7 +347,11 @@ def test_init_window_widens_a_fine_tuned_models_window(tiny_bundle, tmp_path):
 def action_sensitive_model() -> DynamicsModel:
     """A tiny model whose output depends on the action: a fresh one does not (adaLN-Zero
     starts every block as the identity), so its zero-initialised weights are drawn small."""
-    model = tiny_model()
+    return make_action_sensitive(tiny_model())
+
+
+def make_action_sensitive(model: DynamicsModel) -> DynamicsModel:
+    """Draw a model's zero-initialised weights small and its action table large, in place."""
     with torch.no_grad():
         for param in model.parameters():
             if not param.any():
@@ -431,10 +435,5 @@ def test_training_evaluation_measures_how_much_the_model_reads_the_action(tiny_b
     task = DynamicsTask(cfg, setup(cfg.train).device)
     metrics, _ = task.evaluate(task.model)
     assert metrics["val_action_gain"] == 0.0
-    with torch.no_grad():
-        for param in task.model.parameters():
-            if not param.any():
-                param.normal_(std=0.05)
-        task.model.action_encoder.encoders[0].table.weight.normal_(std=1.0)
-    metrics, _ = task.evaluate(task.model)
+    metrics, _ = task.evaluate(make_action_sensitive(task.model))
     assert metrics["val_action_gain"] != 0.0 and np.isfinite(metrics["val_action_gain"])

@@ -124,6 +124,18 @@ class TrainDynamicsConfig:
     `worldsim eval` reports quality at 1-16 steps to choose it."""
 
 
+def windows_to_device(device: torch.device | str, batch: dict[str, Any]) -> dict[str, Any]:
+    """A collated batch of latent windows (`WindowDataset`) as the tensors `DynamicsModel.loss`
+    takes: latents (B, W, C, h, w), actions {key: (B, W-1, ...)}, rewards and terminated
+    (B, W-1)."""
+    return {
+        "latents": torch.from_numpy(batch["observations"]).to(device).float(),
+        "actions": {k: torch.from_numpy(v).to(device) for k, v in batch["actions"].items()},
+        "rewards": torch.from_numpy(batch["rewards"]).to(device).float(),
+        "terminated": torch.from_numpy(batch["terminated"]).to(device),
+    }
+
+
 def _with_window(model: DynamicsModel, window: int) -> DynamicsModel:
     """The same weights in a model whose attention window is `window` frames. The window sets
     no parameter's shape (time positions are rotary), so every tensor loads strictly."""
@@ -299,24 +311,15 @@ class DynamicsTask(TrainingTask):
                 "env_id": self.store.env_id, "vae_path": str(Path(self.cfg.vae).resolve())}
 
     # ------------------------------------------------------------------ training
-    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "latents": torch.from_numpy(batch["observations"]).to(self.device).float(),
-            "actions": {k: torch.from_numpy(v).to(self.device)
-                        for k, v in batch["actions"].items()},
-            "rewards": torch.from_numpy(batch["rewards"]).to(self.device).float(),
-            "terminated": torch.from_numpy(batch["terminated"]).to(self.device),
-        }
-
     def sample_batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, Any]:
         """latents (B, W, C, h, w), actions {key: (B, W-1, ...)}, rewards/terminated (B, W-1).
         A share `event_share` of the windows has an event, or `revisit_share` a revisit (see
         their help)."""
         if self.oversample_share == 0:
-            return self._to_device(self.train_set.sample(batch_size, rng))
+            return windows_to_device(self.device, self.train_set.sample(batch_size, rng))
         index, _ = oversampled_indices(rng, batch_size, self.oversample_share,
                                        self.train_oversampled, self.train_others)
-        return self._to_device(self.train_set.take(index))
+        return windows_to_device(self.device, self.train_set.take(index))
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
         # `model` is the DistributedDataParallel wrapper under torchrun: call it, so gradients
@@ -335,7 +338,7 @@ class DynamicsTask(TrainingTask):
             # pixel-space metrics
             frame_set = WindowDataset(self.store, "val", length=self.val_set.length)
             frames = np.stack([frame_set[i]["observations"] for i in idx])
-            self._eval_windows = {"batch": self._to_device(batch), "frames": frames}
+            self._eval_windows = {"batch": windows_to_device(self.device, batch), "frames": frames}
         return self._eval_windows
 
     @torch.no_grad()
