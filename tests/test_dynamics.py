@@ -437,3 +437,32 @@ def test_training_evaluation_measures_how_much_the_model_reads_the_action(tiny_b
     assert metrics["val_action_gain"] == 0.0
     metrics, _ = task.evaluate(make_action_sensitive(task.model))
     assert metrics["val_action_gain"] != 0.0 and np.isfinite(metrics["val_action_gain"])
+
+
+def test_noise_shift_moves_the_training_noise_levels_up(tiny_bundle, tmp_path):
+    """--noise-shift adds to the mean of ln(sigma) of the training levels, from scratch and in a
+    fine-tune (on top of the initial model's), and leaves the sampling levels alone."""
+    from tiny_bundle import tiny_train
+
+    from worldsim.training.loop import setup
+    from worldsim.training.train_dynamics import DynamicsTask, TrainDynamicsConfig
+    from worldsim.world_model import load_dynamics
+
+    root = tiny_bundle.parent.parent
+    tasks = {}
+    for name, shift, init in (("plain", 0.0, None), ("shifted", 1.5, None),
+                              ("fine-tune", 1.0, tiny_bundle)):
+        cfg = TrainDynamicsConfig(data=root / "data", vae=root / "run-vae",
+                                  out=tmp_path / name, dit=dit_tiny(), init_from=init,
+                                  noise_shift=shift, train=tiny_train(2, 4))
+        tasks[name] = DynamicsTask(cfg, setup(cfg.train).device)
+    plain, shifted = (tasks[k].model.config.diffusion for k in ("plain", "shifted"))
+    assert shifted.train_p_mean == pytest.approx(plain.train_p_mean + 1.5)
+    assert shifted.sample_sigma_max == plain.sample_sigma_max
+    generator = torch.Generator().manual_seed(0)
+    medians = [tasks[k].model.training_noise_levels(4000, 2, generator)[0].log().median().item()
+               for k in ("plain", "shifted")]
+    assert medians[1] - medians[0] == pytest.approx(1.5, abs=0.1)
+    initial = load_dynamics(tiny_bundle)[0].config.diffusion
+    assert (tasks["fine-tune"].model.config.diffusion.train_p_mean
+            == pytest.approx(initial.train_p_mean + 1.0))

@@ -13,6 +13,7 @@ Tensor letters: B batch, T frames, C latent channels, h w latent height and widt
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -221,3 +222,11 @@ def residual_diffusion_config(residual_std: float, **overrides: Any) -> Diffusio
         "sample_sigma_min": SAMPLE_SIGMA_MIN * scale,
         "sample_sigma_max": SAMPLE_SIGMA_MAX * scale,
         **overrides})
+
+
+def shifted_noise(config: DiffusionConfig, shift: float) -> DiffusionConfig:
+    """`config` with its training noise levels moved up (shift > 0) or down by `shift` in
+    ln(sigma); the sampling levels stay where they are."""
+    if shift == 0:
+        return config
+    return dataclasses.replace(config, train_p_mean=config.train_p_mean + float(shift))
