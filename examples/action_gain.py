@@ -7,11 +7,16 @@ with each window's own actions against the same windows and noise under another 
 actions (`DynamicsModel.action_gain`), averaged over a few noise draws: 0 when the prediction
 ignores the action. Prints JSON. The training evaluation logs the same measure on its own
 validation windows as `val_action_gain`.
+
+The loss is taken at the default training noise levels for the model's sigma_data, so models
+trained with `--noise-shift` compare with the others (`--levels model` takes the model's own,
+as `val_action_gain` does).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import numpy as np
@@ -20,6 +25,7 @@ import torch
 
 def main() -> None:
     from worldsim.data.store import EpisodeStore, WindowDataset, collate
+    from worldsim.diffusion.edm import DiffusionConfig, residual_diffusion_config
     from worldsim.models.vae import VAE
     from worldsim.runtime import autocast
     from worldsim.training.encode import ensure_latents
@@ -33,11 +39,20 @@ def main() -> None:
                         help="a dataset, encoded with the bundle's VAE if it is not yet")
     parser.add_argument("--windows", type=int, default=256)
     parser.add_argument("--seeds", type=int, default=3, help="noise draws averaged")
+    parser.add_argument("--levels", choices=("default", "model"), default="default",
+                        help="training noise levels of the loss: the defaults for the model's "
+                             "sigma_data, or the model's own (shifted by --noise-shift)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     model, _ = load_dynamics(args.checkpoint)
+    levels = model.config.diffusion
+    if args.levels == "default":
+        default = (residual_diffusion_config(levels.sigma_data) if model.config.residual
+                   else DiffusionConfig())
+        levels = dataclasses.replace(levels, train_p_mean=default.train_p_mean)
+        model.config = dataclasses.replace(model.config, diffusion=levels)
     vae_path = f"{args.checkpoint}/vae"
     store = EpisodeStore(args.data)
     tag = ensure_latents(VAE.from_checkpoint(vae_path), store, vae_path)
@@ -48,7 +63,8 @@ def main() -> None:
     with autocast(torch.device("cpu"), True):
         gain = np.mean([model.action_gain(*window, seed=seed) for seed in range(args.seeds)])
     print(json.dumps({"checkpoint": args.checkpoint, "data": args.data, "windows": len(picks),
-                      "seeds": args.seeds, "action_gain": float(gain)}, indent=1))
+                      "seeds": args.seeds, "train_p_mean": levels.train_p_mean,
+                      "action_gain": float(gain)}, indent=1))
 
 
 if __name__ == "__main__":
