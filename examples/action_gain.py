@@ -25,7 +25,7 @@ import torch
 
 def main() -> None:
     from worldsim.data.store import EpisodeStore, WindowDataset, collate
-    from worldsim.diffusion.edm import DiffusionConfig, residual_diffusion_config
+    from worldsim.diffusion.edm import default_train_p_mean
     from worldsim.models.vae import VAE
     from worldsim.runtime import autocast
     from worldsim.training.encode import ensure_latents
@@ -49,9 +49,7 @@ def main() -> None:
     model, _ = load_dynamics(args.checkpoint)
     levels = model.config.diffusion
     if args.levels == "default":
-        default = (residual_diffusion_config(levels.sigma_data) if model.config.residual
-                   else DiffusionConfig())
-        levels = dataclasses.replace(levels, train_p_mean=default.train_p_mean)
+        levels = dataclasses.replace(levels, train_p_mean=default_train_p_mean(levels.sigma_data))
         model.config = dataclasses.replace(model.config, diffusion=levels)
     vae_path = f"{args.checkpoint}/vae"
     store = EpisodeStore(args.data)

@@ -216,7 +216,7 @@ def residual_diffusion_config(residual_std: float, **overrides: Any) -> Diffusio
     scale = float(residual_std) / SIGMA_DATA
     return DiffusionConfig(**{
         "sigma_data": float(residual_std),
-        "train_p_mean": TRAIN_P_MEAN + math.log(scale),
+        "train_p_mean": default_train_p_mean(residual_std),
         "train_sigma_min": TRAIN_SIGMA_MIN * scale,
         "train_sigma_max": TRAIN_SIGMA_MAX * scale,
         "sample_sigma_min": SAMPLE_SIGMA_MIN * scale,
@@ -224,9 +224,14 @@ def residual_diffusion_config(residual_std: float, **overrides: Any) -> Diffusio
         **overrides})
 
 
+def default_train_p_mean(sigma_data: float) -> float:
+    """The default mean of ln(sigma) of the training levels for data of standard deviation
+    `sigma_data`: TRAIN_P_MEAN, which is set for sigma_data = 1, moved with the data's scale
+    (what `DiffusionConfig()` and `residual_diffusion_config` use, before any shift)."""
+    return TRAIN_P_MEAN + math.log(float(sigma_data) / SIGMA_DATA)
+
+
 def shifted_noise(config: DiffusionConfig, shift: float) -> DiffusionConfig:
     """`config` with its training noise levels moved up (shift > 0) or down by `shift` in
     ln(sigma); the sampling levels stay where they are."""
-    if shift == 0:
-        return config
     return dataclasses.replace(config, train_p_mean=config.train_p_mean + float(shift))
