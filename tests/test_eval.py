@@ -14,6 +14,8 @@ import worldsim
 from worldsim.data.store import Episode, EpisodeStore
 from worldsim.evaluation import fidelity
 from worldsim.evaluation.fidelity import (
+    MOVING_CHANGE,
+    StabilityRun,
     TeacherForcedRun,
     all_transitions,
     consistency,
@@ -206,6 +208,26 @@ def test_stability_statistics_flag_collapsed_frames(tiny, crafter_actions):
     m = stability_metrics(run, reference, window=2)
     assert len(m["in_distribution"]["dream_share_per_window"]) == 2
     assert 0 <= m["in_distribution"]["dream_share"] <= 1
+    assert len(m["moving"]["dream_share_per_window"]) == 2
+
+
+def test_a_frozen_dream_is_in_range_but_does_not_move(tiny):
+    _, _, episodes = tiny
+    reference = stability_reference(episodes, seed=0)
+    frame = episodes[0].frames[1]
+    # a dream that repeats a real frame: every frame in range, no step moves
+    frozen = StabilityRun(values={name: np.repeat(v[None], 6, axis=1)
+                                  for name, v in frame_statistics(
+                                      frame[None], frame[None], reference.histogram).items()},
+                          snapshots=np.zeros((1, 1, *frame.shape), np.uint8),
+                          snapshot_steps=[0], steps=6)
+    m = stability_metrics(frozen, reference, window=3)
+    assert m["moving"]["dream_share"] == 0 and m["moving"]["dream_share_per_window"] == [0, 0]
+    # the same steps, every one changing by a scroll's worth: all moving
+    frozen.values["change"][:] = 10 * MOVING_CHANGE
+    assert stability_metrics(frozen, reference, window=3)["moving"]["dream_share"] == 1
+    # the real steps of the tiny episodes include moves and stills alike
+    assert 0 < m["moving"]["real_share"] < 1
 
 
 def test_eval_cli_writes_metrics_and_report(tiny_bundle, tmp_path):

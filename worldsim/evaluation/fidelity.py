@@ -689,6 +689,13 @@ STATISTIC_HELP = {
     "sharpness": "mean absolute luminance gradient (grey levels per pixel)",
     "change": "mean absolute difference to the previous frame (grey levels)",
 }
+# A step "moves" when its frame differs from the previous one by more than this mean grey
+# level. Real play is bimodal here: the view scrolls by a tile (5-10 grey levels) or little
+# changes (a creature, the HUD: under 1). Under the collector's sticky random policy 37% of
+# real steps move (52% of move actions; the rest walk into obstacles). A dream can keep every
+# frame in range and still stop moving, frozen or emptied into plain grass; the share of
+# moving steps shows it.
+MOVING_CHANGE = 2.0
 
 
 def colour_histograms(frames: np.ndarray) -> np.ndarray:
@@ -825,7 +832,8 @@ def stability_metrics(run: StabilityRun, reference: StabilityReference,
                       window: int) -> dict[str, Any]:
     """Per statistic: the real frames' percentiles, the dream's mean per window of `window`
     steps and the share of its frames inside the real p1..p99 range; overall, the share of
-    dream frames with every statistic inside (the real frames' own share beside it)."""
+    dream frames with every statistic inside (the real frames' own share beside it); and the
+    share of steps that move (change above MOVING_CHANGE), real and per window of the dream."""
     out: dict[str, Any] = {"steps": run.steps, "rollouts": int(next(iter(
         run.values.values())).shape[0]), "window": window, "statistics": {}}
     inside_all = np.ones_like(run.values[STATISTICS[0]], dtype=bool)
@@ -851,5 +859,13 @@ def stability_metrics(run: StabilityRun, reference: StabilityReference,
         "dream_share_per_window": [float(inside_all[:, s:s + window].mean()) for s in starts],
         "dream_share_first_window": float(inside_all[:, :window].mean()),
         "dream_share_last_window": float(inside_all[:, starts[-1]:].mean()),
+    }
+    moving = run.values["change"] > MOVING_CHANGE
+    out["moving"] = {
+        "threshold": MOVING_CHANGE,
+        "real_share": float(np.mean(reference.values["change"] > MOVING_CHANGE)),
+        "dream_share": float(moving.mean()),
+        "dream_share_per_window": [float(moving[:, s:s + window].mean()) for s in starts],
+        "dream_share_last_window": float(moving[:, starts[-1]:].mean()),
     }
     return out

@@ -799,7 +799,9 @@ class Evaluation:
                               rollouts=self.cfg.size("stability_rollouts"), every=every,
                               action_names=self.action_names, seed=self.cfg.seed,
                               bf16=self.cfg.bf16, reencode=False)
-            m["without_reencoding"] = stability_metrics(plain, reference, every)["in_distribution"]
+            plain_metrics = stability_metrics(plain, reference, every)
+            m["without_reencoding"] = plain_metrics["in_distribution"]
+            m["without_reencoding_moving"] = plain_metrics["moving"]
         self.metrics["stability"] = m
         plot_window = max(1, steps // 50)
         starts = list(range(0, steps, plot_window))
@@ -820,9 +822,10 @@ class Evaluation:
             list(run.snapshots), [f"dream {r + 1}" for r in range(len(run.snapshots))],
             [f"{s}" for s in run.snapshot_steps],
             title=f"A {steps}-step dream, every {every} steps (0 = the last real frame)"))
-        ind, plain = m["in_distribution"], m.get("without_reencoding")
-        rows = [[s, _pct(share)] for s, share in zip(m["statistics"][STATISTICS[0]]["window_start"],
-                                                     ind["dream_share_per_window"], strict=True)]
+        ind, plain, moving = m["in_distribution"], m.get("without_reencoding"), m["moving"]
+        rows = [[s, _pct(share), _pct(moves)] for s, share, moves in zip(
+            m["statistics"][STATISTICS[0]]["window_start"], ind["dream_share_per_window"],
+            moving["dream_share_per_window"], strict=True)]
         plain_note = ""
         if plain:
             for row, share in zip(rows, plain["dream_share_per_window"], strict=True):
@@ -853,15 +856,22 @@ class Evaluation:
             f"distribution {_pct(ind['real_share'])} of the time by that rule. Real frames "
             "often do not change at all (standing still, `do` on grass), so a single frozen "
             "frame is not out of distribution; a frozen dream shows as a window mean of "
-            "'change' far below the real mean.\n\n"
+            "'change' far below the real mean. A dream can also keep every frame in range and "
+            "stop moving, frozen or emptied into plain grass; so each step counts as moving "
+            f"when its change exceeds {_f(moving['threshold'])} grey levels (the view scrolled "
+            f"or much of it changed), which {_pct(moving['real_share'])} of real steps do.\n\n"
             f"**In distribution: {_pct(ind['dream_share'])} of dream frames overall; "
             f"{_pct(ind['dream_share_first_window'])} in the first {every} steps, "
-            f"{_pct(ind['dream_share_last_window'])} in the last.**{plain_note}\n\n"
+            f"{_pct(ind['dream_share_last_window'])} in the last. Moving: "
+            f"{_pct(moving['dream_share'])} of dream steps overall, "
+            f"{_pct(moving['dream_share_last_window'])} in the last window (real "
+            f"{_pct(moving['real_share'])}).**{plain_note}\n\n"
             + _table(["statistic", "real p1", "real p50", "real p99", "real mean",
                       "dream mean, first window",
                       "dream mean, last window", "dream inside p1..p99"], stat_rows)
-            + "\n\n" + _table(["steps from", "dream frames in distribution"]
-                                + (["without re-encoding"] if plain else []), rows)
+            + "\n\n" + _table(["steps from", "dream frames in distribution", "dream steps moving"]
+                                + (["in distribution without re-encoding"] if plain else []),
+                                rows)
             + f"\n\n![stability]({fig})\n\n![frames]({frames})\n")
 
     # ------------------------------------------------------------------ output
@@ -907,6 +917,11 @@ class Evaluation:
             if "without_reencoding" in st:
                 rows.append(["... the same dreams without re-encoding",
                              _pct(st["without_reencoding"]["dream_share_last_window"]), "", ""])
+            if "moving" in st:
+                moving = st["moving"]
+                rows.append([f"stability: steps that move (change > {_f(moving['threshold'])} "
+                             "grey levels), last window", _pct(moving["dream_share_last_window"]),
+                             "", _pct(moving["real_share"]) + " real"])
         rw = self.metrics.get("reward", {})
         if "reward_nonzero" in rw:
             rows.append(["nonzero reward precision / recall",

@@ -1,0 +1,114 @@
+"""Does a Crafter dream keep the game's day and night? Dream brightness against the game clock.
+
+    python examples/day_night.py --checkpoint worldsim/assets/crafter-default --data data/crafter-heldout
+
+Crafter darkens the view by the clock: daylight = 1 - |cos(pi (t / 300 + 0.3))|^3 at game step
+t, lowest at step 210 and every 300 steps after, and below 0.5 (where a per-pixel noise joins
+a blue tint) for about 80 steps of each 300. A dream has no clock: it can only read the time
+from the brightness of the frames in its window. This starts dreams from the first frames of
+validation episodes (so dream step k is game step K - 1 + k), drives them with the
+collector's sticky random policy, and prints per window of game steps the mean grey level of
+the dream frames beside that of the recorded frames at the same game steps (every episode of
+the dataset) and the clock's daylight. The recorded column ends where the data's episodes
+do: a policy that dies in the first night (random play) leaves the data without mornings.
+Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+GREY = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def crafter_daylight(step: np.ndarray | int) -> np.ndarray:
+    """Crafter's daylight at game step `step` (crafter.Env._update_time)."""
+    progress = (np.asarray(step) / 300) % 1 + 0.3
+    return 1 - np.abs(np.cos(np.pi * progress)) ** 3
+
+
+def mean_grey(frames: np.ndarray) -> np.ndarray:
+    """uint8 (..., H, W, 3) -> mean grey level per frame (...)."""
+    return (np.asarray(frames).astype(np.float32) @ GREY).mean(axis=(-1, -2))
+
+
+def main() -> None:
+    import worldsim
+    from worldsim.data.policies import StickyPolicy
+    from worldsim.data.store import EpisodeStore
+    from worldsim.evaluation.fidelity import make_generator
+    from worldsim.spaces import stack_actions
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default="worldsim/assets/crafter-default")
+    parser.add_argument("--data", default="data/crafter-heldout",
+                        help="a Crafter dataset: its validation episodes start the dreams")
+    parser.add_argument("--steps", type=int, default=900, help="dream steps")
+    parser.add_argument("--dreams", type=int, default=8)
+    parser.add_argument("--window", type=int, default=30, help="game steps per printed row")
+    parser.add_argument("--guidance", type=float, default=None, help="default: the bundle's")
+    parser.add_argument("--feedback", choices=("true", "false"), default=None,
+                        help="default: the bundle's")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    wm = worldsim.load(args.checkpoint)
+    feedback = None if args.feedback is None else args.feedback == "true"
+    store = EpisodeStore(args.data)
+    K = wm.context_frames
+    # The recorded frames' grey level at every game step, over every episode.
+    recorded: dict[int, list[float]] = {}
+    starts = []
+    for split in ("val", "train"):
+        for name in store.split(split):
+            if store.length(name) == 0:
+                continue
+            episode = store.load(name)
+            for t, value in enumerate(mean_grey(episode.frames)):
+                recorded.setdefault(t, []).append(float(value))
+            if split == "val" and len(starts) < args.dreams and episode.length >= K:
+                starts.append(episode)
+    if not starts:
+        raise SystemExit(f"{args.data} has no validation episode of {K} frames or more")
+    frames = np.stack([e.frames[:K] for e in starts])  # (N, K, H, W, 3): game steps 0..K-1
+    actions = {k: np.stack([e.actions[k][:K - 1] for e in starts]) for k in starts[0].actions}
+    n = len(starts)
+    policy = StickyPolicy(wm.action_space, n)
+    policy.reset(np.ones(n, bool))
+    rng = np.random.default_rng(args.seed)
+    g = make_generator(wm.device, args.seed, 1)
+    dream = np.zeros((n, args.steps))  # grey level of dream frame k+1, game step K + k
+    with torch.no_grad():
+        latents = wm.encode(frames)
+        state = wm.start(latents, actions, make_generator(wm.device, args.seed, 2))
+        shown = wm.render_start(frames[:, -1], latents[:, -1])
+        previous = frames[:, -1]
+        for k in range(args.steps):
+            act = stack_actions(wm.action_space, policy.act(previous, rng))
+            shown = wm.step(state, act, g, guidance=args.guidance, feedback=feedback,
+                            shown=shown).shown
+            previous = shown.frames.cpu().numpy()
+            dream[:, k] = mean_grey(previous)
+    rows = []
+    for k0 in range(0, args.steps, args.window):
+        steps = np.arange(K + k0, K + min(k0 + args.window, args.steps))
+        real = [v for t in steps for v in recorded.get(int(t), [])]
+        rows.append({"game_steps": [int(steps[0]), int(steps[-1])],
+                     "daylight": round(float(crafter_daylight(steps).mean()), 2),
+                     "dream_grey": round(float(dream[:, k0:k0 + args.window].mean()), 1),
+                     "recorded_grey": round(float(np.mean(real)), 1) if real else None,
+                     "recorded_frames": len(real)})
+    print(json.dumps({"checkpoint": args.checkpoint, "data": args.data, "dreams": n,
+                      "guidance": args.guidance, "feedback": feedback,
+                      "longest_episode": max(recorded) if recorded else 0, "rows": rows},
+                     indent=1))
+
+
+if __name__ == "__main__":
+    main()
