@@ -15,6 +15,7 @@ from worldsim.data.store import Episode, EpisodeStore
 from worldsim.evaluation import fidelity
 from worldsim.evaluation.fidelity import (
     MOVING_CHANGE,
+    SCROLL_EXPLAINED,
     StabilityRun,
     TeacherForcedRun,
     all_transitions,
@@ -28,6 +29,7 @@ from worldsim.evaluation.fidelity import (
     reward_termination_metrics,
     reward_termination_picks,
     round_trip,
+    shift_explained_share,
     spread,
     stability,
     stability_metrics,
@@ -228,6 +230,21 @@ def test_a_frozen_dream_is_in_range_but_does_not_move(tiny):
     assert stability_metrics(frozen, reference, window=3)["moving"]["dream_share"] == 1
     # the real steps of the tiny episodes include moves and stills alike
     assert 0 < m["moving"]["real_share"] < 1
+
+
+def test_a_shifted_frame_scrolls_and_churn_does_not():
+    rng = np.random.default_rng(0)
+    # pixel-art frames: 8x8 flat tiles of random grey levels
+    tiles = rng.integers(0, 256, (4, 9, 9)).astype(np.float32)
+    grey = np.repeat(np.repeat(tiles, 8, axis=1), 8, axis=2)[:, :64, :64]  # (4, 64, 64)
+    scrolled = np.roll(grey, 7, axis=2)  # the view moved by 7 pixels to the right
+    # all but the 7 columns that came into view (50 of 57)
+    assert (shift_explained_share(scrolled[:, :, 7:], grey[:, :, 7:]) > 0.8).all()
+    assert (shift_explained_share(np.roll(grey, -5, axis=1), grey) > 0.8).all()
+    churned = grey.copy()  # the same tiles, half of them redrawn in place
+    churned[:, :32] = rng.integers(0, 256, (4, 32, 64))
+    assert (shift_explained_share(churned, grey) < SCROLL_EXPLAINED).all()
+    assert (shift_explained_share(grey, grey) == 0).all()  # nothing changed
 
 
 def test_eval_cli_writes_metrics_and_report(tiny_bundle, tmp_path):

@@ -692,10 +692,21 @@ STATISTIC_HELP = {
 # A step "moves" when its frame differs from the previous one by more than this mean grey
 # level. Real play is bimodal here: the view scrolls by a tile (5-10 grey levels) or little
 # changes (a creature, the HUD: under 1). Under the collector's sticky random policy 37% of
-# real steps move (52% of move actions; the rest walk into obstacles). A dream can keep every
+# recorded steps move (52% of move actions; the rest walk into obstacles). A dream can keep every
 # frame in range and still stop moving, frozen or emptied into plain grass; the share of
 # moving steps shows it.
 MOVING_CHANGE = 2.0
+# A moving step "scrolls" when the previous frame shifted by at most SCROLL_MAX_SHIFT pixels
+# along x or y matches (within SCROLL_TOLERANCE grey levels) more than half of the pixels
+# that changed: the view moved as a whole (Crafter scrolls by one 7-pixel tile). A dream can
+# also change every step by churning, blobs appearing and dissolving in place, which moves
+# without scrolling. The tolerance admits the decoder's blur: 94% of the moving steps of
+# real frames through the VAE scroll by this rule (93% at 8 grey levels, where dream frames
+# blur out of the match).
+SCROLL_MAX_SHIFT = 8
+SCROLL_TOLERANCE = 16.0
+SCROLL_EXPLAINED = 0.5
+GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def colour_histograms(frames: np.ndarray) -> np.ndarray:
@@ -716,16 +727,37 @@ def frame_statistics(frames: np.ndarray, previous: np.ndarray | None,
     frames = np.asarray(frames)
     hist = colour_histograms(frames)
     colour = 0.5 * np.abs(hist - reference_histogram[None]).sum(axis=2).mean(axis=1)
-    grey = frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)  # (N, H, W)
+    grey = frames.astype(np.float32) @ GREY_WEIGHTS  # (N, H, W)
     sharp = (np.abs(np.diff(grey, axis=1)).mean(axis=(1, 2))
              + np.abs(np.diff(grey, axis=2)).mean(axis=(1, 2))) / 2
     if previous is None:
-        change = np.full(len(frames), np.nan)
+        change = shift_explained = np.full(len(frames), np.nan)
     else:
-        prev = np.asarray(previous).astype(np.float32) @ np.array([0.299, 0.587, 0.114],
-                                                                  np.float32)
+        prev = np.asarray(previous).astype(np.float32) @ GREY_WEIGHTS
         change = np.abs(grey - prev).mean(axis=(1, 2))
-    return {"colour_distance": colour, "sharpness": sharp, "change": change}
+        shift_explained = shift_explained_share(grey, prev)
+    return {"colour_distance": colour, "sharpness": sharp, "change": change,
+            "shift_explained": shift_explained}
+
+
+def shift_explained_share(grey: np.ndarray, previous: np.ndarray,
+                          max_shift: int = SCROLL_MAX_SHIFT,
+                          tolerance: float = SCROLL_TOLERANCE) -> np.ndarray:
+    """Grey frames (N, H, W) and their previous frames -> (N,): the largest share of the
+    pixels that changed (by `tolerance` or more) that the previous frame shifted by 1 to
+    `max_shift` pixels along x or y matches within `tolerance` (0 where nothing changed)."""
+    changed = np.abs(grey - previous) >= tolerance  # (N, H, W)
+    num_changed = np.maximum(changed.sum(axis=(1, 2)), 1)
+    best = np.zeros(len(grey))
+    for d in range(1, max_shift + 1):
+        for here, there in ((slice(d, None), slice(None, -d)), (slice(None, -d), slice(d, None))):
+            for axis in (1, 2):  # content moved down / up (rows), right / left (columns)
+                index, moved = [slice(None)] * 3, [slice(None)] * 3
+                index[axis], moved[axis] = here, there
+                index, moved = tuple(index), tuple(moved)
+                matched = (np.abs(grey[index] - previous[moved]) < tolerance) & changed[index]
+                best = np.maximum(best, matched.sum(axis=(1, 2)) / num_changed)
+    return best
 
 
 @dataclass
@@ -804,7 +836,7 @@ def stability(wm, reference: StabilityReference, *, steps: int, rollouts: int, e
     policy = StickyPolicy(wm.action_space, rollouts, action_names=action_names)
     policy.reset(np.ones(rollouts, bool))
     rng = np.random.default_rng(derive_seed(seed, 41))
-    values = {name: np.zeros((rollouts, steps)) for name in STATISTICS}
+    values = {name: np.zeros((rollouts, steps)) for name in (*STATISTICS, "shift_explained")}
     snapshot_steps = [0] + [s for s in range(every, steps + 1, every)]
     snaps = [frames[:, -1]]
     previous = frames[:, -1]
@@ -819,7 +851,7 @@ def stability(wm, reference: StabilityReference, *, steps: int, rollouts: int, e
                             shown=shown).shown
             frame = shown.frames.cpu().numpy()
             stats = frame_statistics(frame, previous, reference.histogram)
-            for name in STATISTICS:
+            for name in values:
                 values[name][:, i - 1] = stats[name]
             if i in snapshot_steps:
                 snaps.append(frame)
@@ -833,7 +865,8 @@ def stability_metrics(run: StabilityRun, reference: StabilityReference,
     """Per statistic: the real frames' percentiles, the dream's mean per window of `window`
     steps and the share of its frames inside the real p1..p99 range; overall, the share of
     dream frames with every statistic inside (the real frames' own share beside it); and the
-    share of steps that move (change above MOVING_CHANGE), real and per window of the dream."""
+    share of steps that move (change above MOVING_CHANGE) and of those that scroll (move as a
+    shifted copy of the previous frame), real and per window of the dream."""
     out: dict[str, Any] = {"steps": run.steps, "rollouts": int(next(iter(
         run.values.values())).shape[0]), "window": window, "statistics": {}}
     inside_all = np.ones_like(run.values[STATISTICS[0]], dtype=bool)
@@ -860,12 +893,25 @@ def stability_metrics(run: StabilityRun, reference: StabilityReference,
         "dream_share_first_window": float(inside_all[:, :window].mean()),
         "dream_share_last_window": float(inside_all[:, starts[-1]:].mean()),
     }
-    moving = run.values["change"] > MOVING_CHANGE
-    out["moving"] = {
-        "threshold": MOVING_CHANGE,
-        "real_share": float(np.mean(reference.values["change"] > MOVING_CHANGE)),
-        "dream_share": float(moving.mean()),
-        "dream_share_per_window": [float(moving[:, s:s + window].mean()) for s in starts],
-        "dream_share_last_window": float(moving[:, starts[-1]:].mean()),
-    }
+    for key, steps_of in (("moving", moving_steps), ("scrolling", scrolling_steps)):
+        dream = steps_of(run.values)
+        out[key] = {
+            "real_share": float(np.mean(steps_of(reference.values))),
+            "dream_share": float(dream.mean()),
+            "dream_share_per_window": [float(dream[:, s:s + window].mean()) for s in starts],
+            "dream_share_last_window": float(dream[:, starts[-1]:].mean()),
+        }
+    out["moving"]["threshold"] = MOVING_CHANGE
+    out["scrolling"].update(max_shift=SCROLL_MAX_SHIFT, tolerance=SCROLL_TOLERANCE,
+                            explained=SCROLL_EXPLAINED)
     return out
+
+
+def moving_steps(values: dict[str, np.ndarray]) -> np.ndarray:
+    """bool, the shape of values["change"]: steps whose frame changed by MOVING_CHANGE."""
+    return values["change"] > MOVING_CHANGE
+
+
+def scrolling_steps(values: dict[str, np.ndarray]) -> np.ndarray:
+    """bool: the moving steps that a shift of the previous frame mostly explains."""
+    return moving_steps(values) & (values["shift_explained"] > SCROLL_EXPLAINED)

@@ -802,6 +802,7 @@ class Evaluation:
             plain_metrics = stability_metrics(plain, reference, every)
             m["without_reencoding"] = plain_metrics["in_distribution"]
             m["without_reencoding_moving"] = plain_metrics["moving"]
+            m["without_reencoding_scrolling"] = plain_metrics["scrolling"]
         self.metrics["stability"] = m
         plot_window = max(1, steps // 50)
         starts = list(range(0, steps, plot_window))
@@ -822,10 +823,11 @@ class Evaluation:
             list(run.snapshots), [f"dream {r + 1}" for r in range(len(run.snapshots))],
             [f"{s}" for s in run.snapshot_steps],
             title=f"A {steps}-step dream, every {every} steps (0 = the last real frame)"))
-        ind, plain, moving = m["in_distribution"], m.get("without_reencoding"), m["moving"]
-        rows = [[s, _pct(share), _pct(moves)] for s, share, moves in zip(
+        ind, plain = m["in_distribution"], m.get("without_reencoding")
+        moving, scrolling = m["moving"], m["scrolling"]
+        rows = [[s, _pct(share), _pct(moves), _pct(scrolls)] for s, share, moves, scrolls in zip(
             m["statistics"][STATISTICS[0]]["window_start"], ind["dream_share_per_window"],
-            moving["dream_share_per_window"], strict=True)]
+            moving["dream_share_per_window"], scrolling["dream_share_per_window"], strict=True)]
         plain_note = ""
         if plain:
             for row, share in zip(rows, plain["dream_share_per_window"], strict=True):
@@ -859,17 +861,26 @@ class Evaluation:
             "'change' far below the real mean. A dream can also keep every frame in range and "
             "stop moving, frozen or emptied into plain grass; so each step counts as moving "
             f"when its change exceeds {_f(moving['threshold'])} grey levels (the view scrolled "
-            f"or much of it changed), which {_pct(moving['real_share'])} of real steps do.\n\n"
+            f"or much of it changed), which {_pct(moving['real_share'])} of real steps do. It "
+            "can also churn, blobs appearing and dissolving in place; so a moving step counts "
+            "as scrolling when the previous frame shifted by at most "
+            f"{scrolling['max_shift']} pixels along x or y matches (within "
+            f"{_f(scrolling['tolerance'])} grey levels) more than "
+            f"{_pct(scrolling['explained'])} of the pixels that changed: the view moved as a "
+            f"whole, as {_pct(scrolling['real_share'])} of real steps do.\n\n"
             f"**In distribution: {_pct(ind['dream_share'])} of dream frames overall; "
             f"{_pct(ind['dream_share_first_window'])} in the first {every} steps, "
-            f"{_pct(ind['dream_share_last_window'])} in the last. Moving: "
-            f"{_pct(moving['dream_share'])} of dream steps overall, "
-            f"{_pct(moving['dream_share_last_window'])} in the last window (real "
+            f"{_pct(ind['dream_share_last_window'])} in the last. Scrolling: "
+            f"{_pct(scrolling['dream_share'])} of dream steps overall, "
+            f"{_pct(scrolling['dream_share_last_window'])} in the last window (real "
+            f"{_pct(scrolling['real_share'])}); moving: {_pct(moving['dream_share'])} and "
+            f"{_pct(moving['dream_share_last_window'])} (real "
             f"{_pct(moving['real_share'])}).**{plain_note}\n\n"
             + _table(["statistic", "real p1", "real p50", "real p99", "real mean",
                       "dream mean, first window",
                       "dream mean, last window", "dream inside p1..p99"], stat_rows)
-            + "\n\n" + _table(["steps from", "dream frames in distribution", "dream steps moving"]
+            + "\n\n" + _table(["steps from", "dream frames in distribution", "dream steps moving",
+                                 "dream steps scrolling"]
                                 + (["in distribution without re-encoding"] if plain else []),
                                 rows)
             + f"\n\n![stability]({fig})\n\n![frames]({frames})\n")
@@ -917,11 +928,13 @@ class Evaluation:
             if "without_reencoding" in st:
                 rows.append(["... the same dreams without re-encoding",
                              _pct(st["without_reencoding"]["dream_share_last_window"]), "", ""])
-            if "moving" in st:
-                moving = st["moving"]
-                rows.append([f"stability: steps that move (change > {_f(moving['threshold'])} "
-                             "grey levels), last window", _pct(moving["dream_share_last_window"]),
-                             "", _pct(moving["real_share"]) + " real"])
+            if "scrolling" in st:
+                for key, what in (("moving", f"move (change > {_f(st['moving']['threshold'])} "
+                                             "grey levels)"),
+                                  ("scrolling", "scroll (the view moves as a whole)")):
+                    rows.append([f"stability: steps that {what}, last window",
+                                 _pct(st[key]["dream_share_last_window"]), "",
+                                 _pct(st[key]["real_share"]) + " real"])
         rw = self.metrics.get("reward", {})
         if "reward_nonzero" in rw:
             rows.append(["nonzero reward precision / recall",
