@@ -462,12 +462,14 @@ def source_env_id(checkpoint: str | Path) -> str | None:
 
 
 def make_dream(checkpoint: str | Path, env_id: str = DREAM_ENV_ID, **kwargs) -> gym.Env:
-    """The learned simulator of a checkpoint directory as a Gymnasium env."""
+    """The learned simulator of a checkpoint directory as a Gymnasium env. Keyword arguments
+    that are None are left out, so an env id whose constructor lacks them still works."""
     import envs  # noqa: F401  (registers the worldsim/* ids)
 
     path = Path(checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     return gym.make(env_id, checkpoint=str(path), **kwargs)
 
 
@@ -520,6 +522,8 @@ class DreamConfig:
     """The env id the checkpoint is given to."""
     sampling_steps: int | None = None
     """Sampler steps per dream frame (default: the bundle's)."""
+    guidance: float | None = None
+    """Classifier-free guidance on the action (default: the bundle's)."""
 
 
 def run(cfg: DreamConfig, dream: gym.Env | None = None) -> tuple[Path, dict[str, Rollout]]:
@@ -529,7 +533,8 @@ def run(cfg: DreamConfig, dream: gym.Env | None = None) -> tuple[Path, dict[str,
     if cfg.steps < 1:
         raise ValueError(f"--steps must be at least 1, got {cfg.steps}")
     if dream is None:
-        dream = make_dream(cfg.checkpoint, cfg.dream_env, num_sampling_steps=cfg.sampling_steps)
+        dream = make_dream(cfg.checkpoint, cfg.dream_env, num_sampling_steps=cfg.sampling_steps,
+                           guidance=cfg.guidance)
     context = cfg.context or preferred_context(dream)
     prompt = None
     if cfg.prompt is not None:

@@ -822,6 +822,9 @@ class PlayConfig:
     """Env id the checkpoint is given to."""
     sampling_steps: int | None = None
     """Sampler steps per dream frame (default: the bundle's); fewer is faster and blurrier."""
+    guidance: float | None = None
+    """Classifier-free guidance on the action (default: the bundle's). Higher keeps long dreams
+    scrolling but loses the player sooner (docs/DESIGN-NOTES.md, long dreams)."""
     bf16: bool = False
     """Run the dream's networks under bfloat16 autocast: faster on CPUs with bf16 matrix units
     (AMX), possibly slower elsewhere (benchmarks/play_fps.py measures both)."""
@@ -832,11 +835,13 @@ class PlayConfig:
 BUNDLED_DREAM_ID = "worldsim/CrafterDream-v0"
 
 
-def make_bundled_dream(num_sampling_steps: int | None = None, bf16: bool = False) -> gym.Env:
+def make_bundled_dream(num_sampling_steps: int | None = None, bf16: bool = False,
+                       guidance: float | None = None) -> gym.Env:
     import envs  # noqa: F401
 
     try:
-        return gym.make(BUNDLED_DREAM_ID, num_sampling_steps=num_sampling_steps, bf16=bf16)
+        return gym.make(BUNDLED_DREAM_ID, num_sampling_steps=num_sampling_steps, bf16=bf16,
+                        guidance=guidance)
     except (ImportError, AttributeError, FileNotFoundError, gym.error.Error) as e:
         raise SystemExit(f"worldsim play: there is no bundled world model yet ({e}); pass "
                          "--checkpoint PATH to play a trained one, or --real ENV_ID to play "
@@ -853,9 +858,9 @@ def build(cfg: PlayConfig) -> tuple[Game, str]:
                          "show beside the real game")
     if cfg.checkpoint is not None:
         dream = make_dream(cfg.checkpoint, cfg.dream_env, num_sampling_steps=cfg.sampling_steps,
-                           bf16=cfg.bf16)
+                           bf16=cfg.bf16, guidance=cfg.guidance)
     elif cfg.real is None:
-        dream = make_bundled_dream(cfg.sampling_steps, cfg.bf16)
+        dream = make_bundled_dream(cfg.sampling_steps, cfg.bf16, cfg.guidance)
     real_id = cfg.real
     if real_id is None and cfg.side_by_side:
         real_id = source_env_id(cfg.checkpoint) if cfg.checkpoint is not None else None

@@ -476,3 +476,6 @@ def test_sampling_steps_and_bf16_reach_the_dream(tiny_bundle):
     assert not game.env.dream.unwrapped._sim.bf16
     game, _ = build(PlayConfig(checkpoint=tiny_bundle, bf16=True))
     assert game.env.dream.unwrapped._sim.bf16
+    assert game.env.dream.unwrapped._sim.guidance is None  # the bundle's
+    game, _ = build(PlayConfig(checkpoint=tiny_bundle, guidance=2.5))
+    assert game.env.dream.unwrapped._sim.guidance == 2.5
