@@ -16,6 +16,7 @@ from worldsim.evaluation import fidelity
 from worldsim.evaluation.fidelity import (
     MOVING_CHANGE,
     SCROLL_EXPLAINED,
+    PlayerTile,
     StabilityRun,
     TeacherForcedRun,
     all_transitions,
@@ -230,6 +231,30 @@ def test_a_frozen_dream_is_in_range_but_does_not_move(tiny):
     assert stability_metrics(frozen, reference, window=3)["moving"]["dream_share"] == 1
     # the real steps of the tiny episodes include moves and stills alike
     assert 0 < m["moving"]["real_share"] < 1
+
+
+def test_the_player_tile_finds_crafters_player():
+    from worldsim.data.collect import make_env
+
+    env = make_env("worldsim/Crafter-v0", size=64)
+    obs, _ = env.reset(seed=0)
+    frames = [obs]
+    rng = np.random.default_rng(0)
+    for _ in range(80):
+        obs, _, terminated, truncated, _ = env.step(int(rng.choice([1, 2, 3, 4, 5])))
+        frames.append(obs)
+        if terminated or truncated:
+            obs, _ = env.reset(seed=1)
+    env.close()
+    frames = np.stack(frames)
+    tile = PlayerTile.crafter(frames[:60])
+    unit = 64 // 9
+    assert (tile.rows, tile.cols) == (slice(3 * unit, 4 * unit), slice(4 * unit, 5 * unit))
+    assert tile.visible(frames[60:]).mean() > 0.9  # frames the bank did not see
+    # the player's tile painted over with the tile to its left: no player
+    gone = frames[60:].copy()
+    gone[:, tile.rows, tile.cols] = gone[:, tile.rows, 3 * unit:4 * unit]
+    assert tile.visible(gone).mean() < 0.1
 
 
 def test_a_shifted_frame_scrolls_and_churn_does_not():

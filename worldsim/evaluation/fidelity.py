@@ -761,12 +761,64 @@ def shift_explained_share(grey: np.ndarray, previous: np.ndarray,
 
 
 @dataclass
+class PlayerTile:
+    """Where a game keeps its player on screen, and what real frames show there. Crafter
+    draws a 9x7-tile view of the world above a 9x2-tile inventory, the player always on the
+    centre tile (column 4, row 3). A frame shows the player when its tile there is as close
+    (mean squared error) to one of the real player tiles in `bank` as `threshold`, which is
+    the 1st percentile of the distances of real non-player tiles: plain grass or a tree in
+    the player's place counts as a player 1% of the time."""
+
+    rows: slice
+    cols: slice
+    bank: np.ndarray  # float32 (M, tile pixels x 3): real player tiles
+    threshold: float
+
+    @classmethod
+    def crafter(cls, frames: np.ndarray) -> PlayerTile:
+        """From real Crafter frames uint8 (N, H, W, 3): half make the bank, the other half's
+        non-player tiles set the threshold."""
+        unit = frames.shape[2] // 9
+        bank_frames, other = frames[::2], frames[1::2]
+        tile = cls(slice(3 * unit, 4 * unit), slice(4 * unit, 5 * unit),
+                   np.zeros((0, unit * unit * 3), np.float32), 0.0)
+        tile.bank = tile.tiles(bank_frames)
+        others = [other[:, r * unit:(r + 1) * unit, c * unit:(c + 1) * unit]
+                  for r in range(7) for c in range(9) if (r, c) != (3, 4)]
+        others = np.concatenate(others)[:: 8 * 4]  # every 32nd: enough for a percentile
+        tile.threshold = float(np.percentile(tile.distance_of(
+            others.reshape(len(others), -1).astype(np.float32)), 1))
+        return tile
+
+    def tiles(self, frames: np.ndarray) -> np.ndarray:
+        t = np.asarray(frames)[:, self.rows, self.cols].astype(np.float32)
+        return t.reshape(len(t), -1)
+
+    def distance_of(self, tiles: np.ndarray, chunk: int = 512) -> np.ndarray:
+        """(N, P) tiles -> (N,) mean squared error to the nearest bank tile."""
+        bank_sq = (self.bank ** 2).sum(1)
+        out = np.empty(len(tiles), np.float32)
+        for i in range(0, len(tiles), chunk):
+            t = tiles[i:i + chunk]
+            d = (t ** 2).sum(1)[:, None] - 2 * t @ self.bank.T + bank_sq[None]
+            out[i:i + chunk] = np.maximum(d.min(1), 0) / tiles.shape[1]
+        return out
+
+    def visible(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> float (N,): 1 where the frame shows the player."""
+        return (self.distance_of(self.tiles(frames)) <= self.threshold).astype(np.float64)
+
+
+@dataclass
 class StabilityReference:
     """The spread of the statistics over real frames: the mean histogram they are measured
-    against, and each statistic's values on real frames (consecutive pairs for "change")."""
+    against, and each statistic's values on real frames (consecutive pairs for "change").
+    `player`: where the game keeps its player (None: a game without one, or not known);
+    values["player_visible"] then holds the real frames' own share."""
 
     histogram: np.ndarray  # (3, HISTOGRAM_BINS)
     values: dict[str, np.ndarray]
+    player: PlayerTile | None = None
 
     def percentiles(self, name: str) -> dict[str, float]:
         v = self.values[name]
@@ -780,11 +832,13 @@ class StabilityReference:
 
 
 def stability_reference(episodes: Sequence[Episode], wm=None, max_frames: int = 4000,
-                        seed: int = 0, bf16: bool = False) -> StabilityReference:
+                        seed: int = 0, bf16: bool = False,
+                        crafter_player: bool = False) -> StabilityReference:
     """The statistics of up to `max_frames` real transitions (a seeded sample). With `wm`,
     of their VAE round trips: every dream frame passes through the decoder, which blurs a
     little, so the decoder's own output is what a dream that stays in distribution looks
-    like (raw frames would flag the sharpness of a perfect dream as out of range)."""
+    like (raw frames would flag the sharpness of a perfect dream as out of range).
+    `crafter_player`: also where Crafter's player is and what it looks like (PlayerTile)."""
     rows = all_transitions(episodes)
     rows = rows[np.sort(np.random.default_rng(derive_seed(seed, 31)).choice(
         len(rows), min(max_frames, len(rows)), replace=False))]
@@ -793,7 +847,11 @@ def stability_reference(episodes: Sequence[Episode], wm=None, max_frames: int = 
     if wm is not None:
         cur, nxt = round_trip(wm, cur, bf16), round_trip(wm, nxt, bf16)
     histogram = colour_histograms(cur).mean(axis=0)
-    return StabilityReference(histogram, frame_statistics(nxt, cur, histogram))
+    reference = StabilityReference(histogram, frame_statistics(nxt, cur, histogram))
+    if crafter_player:
+        reference.player = PlayerTile.crafter(cur)
+        reference.values["player_visible"] = reference.player.visible(nxt)
+    return reference
 
 
 def round_trip(wm, frames: np.ndarray, bf16: bool = False, batch_size: int = 256) -> np.ndarray:
@@ -837,6 +895,8 @@ def stability(wm, reference: StabilityReference, *, steps: int, rollouts: int, e
     policy.reset(np.ones(rollouts, bool))
     rng = np.random.default_rng(derive_seed(seed, 41))
     values = {name: np.zeros((rollouts, steps)) for name in (*STATISTICS, "shift_explained")}
+    if reference.player is not None:
+        values["player_visible"] = np.zeros((rollouts, steps))
     snapshot_steps = [0] + [s for s in range(every, steps + 1, every)]
     snaps = [frames[:, -1]]
     previous = frames[:, -1]
@@ -851,6 +911,8 @@ def stability(wm, reference: StabilityReference, *, steps: int, rollouts: int, e
                             shown=shown).shown
             frame = shown.frames.cpu().numpy()
             stats = frame_statistics(frame, previous, reference.histogram)
+            if reference.player is not None:
+                stats["player_visible"] = reference.player.visible(frame)
             for name in values:
                 values[name][:, i - 1] = stats[name]
             if i in snapshot_steps:
@@ -893,10 +955,14 @@ def stability_metrics(run: StabilityRun, reference: StabilityReference,
         "dream_share_first_window": float(inside_all[:, :window].mean()),
         "dream_share_last_window": float(inside_all[:, starts[-1]:].mean()),
     }
-    for key, steps_of in (("moving", moving_steps), ("scrolling", scrolling_steps)):
-        dream = steps_of(run.values)
+    shares = {key: (steps_of(reference.values), steps_of(run.values))
+              for key, steps_of in (("moving", moving_steps), ("scrolling", scrolling_steps))}
+    if "player_visible" in run.values:
+        shares["player_visible"] = (reference.values["player_visible"],
+                                    run.values["player_visible"])
+    for key, (real, dream) in shares.items():
         out[key] = {
-            "real_share": float(np.mean(steps_of(reference.values))),
+            "real_share": float(np.mean(real)),
             "dream_share": float(dream.mean()),
             "dream_share_per_window": [float(dream[:, s:s + window].mean()) for s in starts],
             "dream_share_last_window": float(dream[:, starts[-1]:].mean()),

@@ -789,7 +789,8 @@ class Evaluation:
         every = self.cfg.stability_every if steps >= 2 * self.cfg.stability_every \
             else max(1, steps // 8)
         reference = stability_reference(self.episodes, self.wm, seed=self.cfg.seed,
-                                        bf16=self.cfg.bf16)
+                                        bf16=self.cfg.bf16,
+                                        crafter_player="crafter" in self.store.env_id.lower())
         run = stability(self.wm, reference, steps=steps,
                         rollouts=self.cfg.size("stability_rollouts"), every=every,
                         action_names=self.action_names, seed=self.cfg.seed, bf16=self.cfg.bf16)
@@ -824,10 +825,18 @@ class Evaluation:
             [f"{s}" for s in run.snapshot_steps],
             title=f"A {steps}-step dream, every {every} steps (0 = the last real frame)"))
         ind, plain = m["in_distribution"], m.get("without_reencoding")
-        moving, scrolling = m["moving"], m["scrolling"]
+        moving, scrolling, player = m["moving"], m["scrolling"], m.get("player_visible")
         rows = [[s, _pct(share), _pct(moves), _pct(scrolls)] for s, share, moves, scrolls in zip(
             m["statistics"][STATISTICS[0]]["window_start"], ind["dream_share_per_window"],
             moving["dream_share_per_window"], scrolling["dream_share_per_window"], strict=True)]
+        player_note = ""
+        if player:
+            for row, share in zip(rows, player["dream_share_per_window"], strict=True):
+                row.append(_pct(share))
+            player_note = (" Crafter keeps its player on the centre tile of the view; a frame "
+                           "shows the player when that tile is as close to a real player tile "
+                           "as all but 1% of real non-player tiles are, which holds for "
+                           f"{_pct(player['real_share'])} of real frames.")
         plain_note = ""
         if plain:
             for row, share in zip(rows, plain["dream_share_per_window"], strict=True):
@@ -867,7 +876,7 @@ class Evaluation:
             f"{scrolling['max_shift']} pixels along x or y matches (within "
             f"{_f(scrolling['tolerance'])} grey levels) more than "
             f"{_pct(scrolling['explained'])} of the pixels that changed: the view moved as a "
-            f"whole, as {_pct(scrolling['real_share'])} of real steps do.\n\n"
+            f"whole, as {_pct(scrolling['real_share'])} of real steps do.{player_note}\n\n"
             f"**In distribution: {_pct(ind['dream_share'])} of dream frames overall; "
             f"{_pct(ind['dream_share_first_window'])} in the first {every} steps, "
             f"{_pct(ind['dream_share_last_window'])} in the last. Scrolling: "
@@ -881,6 +890,7 @@ class Evaluation:
                       "dream mean, last window", "dream inside p1..p99"], stat_rows)
             + "\n\n" + _table(["steps from", "dream frames in distribution", "dream steps moving",
                                  "dream steps scrolling"]
+                                + (["dream frames showing the player"] if player else [])
                                 + (["in distribution without re-encoding"] if plain else []),
                                 rows)
             + f"\n\n![stability]({fig})\n\n![frames]({frames})\n")
@@ -935,6 +945,11 @@ class Evaluation:
                     rows.append([f"stability: steps that {what}, last window",
                                  _pct(st[key]["dream_share_last_window"]), "",
                                  _pct(st[key]["real_share"]) + " real"])
+            if "player_visible" in st:
+                rows.append(["stability: frames showing the player, first / last window",
+                             f"{_pct(st['player_visible']['dream_share_per_window'][0])} / "
+                             f"{_pct(st['player_visible']['dream_share_last_window'])}", "",
+                             _pct(st["player_visible"]["real_share"]) + " real"])
         rw = self.metrics.get("reward", {})
         if "reward_nonzero" in rw:
             rows.append(["nonzero reward precision / recall",
