@@ -869,13 +869,13 @@ class Evaluation:
             "frame is not out of distribution; a frozen dream shows as a window mean of "
             "'change' far below the real mean. A dream can also keep every frame in range and "
             "stop moving, frozen or emptied into plain grass; so each step counts as moving "
-            f"when its change exceeds {_f(moving['threshold'])} grey levels (the view scrolled "
+            f"when its change exceeds {moving['threshold']:g} grey levels (the view scrolled "
             f"or much of it changed), which {_pct(moving['real_share'])} of real steps do. It "
             "can also churn, blobs appearing and dissolving in place; so a moving step counts "
             "as scrolling when the previous frame shifted by at most "
             f"{scrolling['max_shift']} pixels along x or y matches (within "
-            f"{_f(scrolling['tolerance'])} grey levels) more than "
-            f"{_pct(scrolling['explained'])} of the pixels that changed: the view moved as a "
+            f"{scrolling['tolerance']:g} grey levels) more than "
+            f"{scrolling['explained']:.0%} of the pixels that changed: the view moved as a "
             f"whole, as {_pct(scrolling['real_share'])} of real steps do.{player_note}\n\n"
             f"**In distribution: {_pct(ind['dream_share'])} of dream frames overall; "
             f"{_pct(ind['dream_share_first_window'])} in the first {every} steps, "
@@ -939,7 +939,7 @@ class Evaluation:
                 rows.append(["... the same dreams without re-encoding",
                              _pct(st["without_reencoding"]["dream_share_last_window"]), "", ""])
             if "scrolling" in st:
-                for key, what in (("moving", f"move (change > {_f(st['moving']['threshold'])} "
+                for key, what in (("moving", f"move (change > {st['moving']['threshold']:g} "
                                              "grey levels)"),
                                   ("scrolling", "scroll (the view moves as a whole)")):
                     rows.append([f"stability: steps that {what}, last window",
