@@ -22,8 +22,6 @@ import json
 import numpy as np
 import torch
 
-GREY = np.array([0.299, 0.587, 0.114], np.float32)
-
 
 def crafter_daylight(step: np.ndarray | int) -> np.ndarray:
     """Crafter's daylight at game step `step` (crafter.Env._update_time)."""
@@ -32,8 +30,11 @@ def crafter_daylight(step: np.ndarray | int) -> np.ndarray:
 
 
 def mean_grey(frames: np.ndarray) -> np.ndarray:
-    """uint8 (..., H, W, 3) -> mean grey level per frame (...)."""
-    return (np.asarray(frames).astype(np.float32) @ GREY).mean(axis=(-1, -2))
+    """uint8 (..., H, W, 3) -> mean grey level per frame (...), weighted as the stability
+    statistics weigh it."""
+    from worldsim.evaluation.fidelity import GREY_WEIGHTS
+
+    return (np.asarray(frames).astype(np.float32) @ GREY_WEIGHTS).mean(axis=(-1, -2))
 
 
 def main() -> None:
@@ -41,6 +42,7 @@ def main() -> None:
     from worldsim.data.policies import StickyPolicy
     from worldsim.data.store import EpisodeStore
     from worldsim.evaluation.fidelity import make_generator
+    from worldsim.evaluation.report import action_names_of
     from worldsim.spaces import stack_actions
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -79,7 +81,8 @@ def main() -> None:
     frames = np.stack([e.frames[:K] for e in starts])  # (N, K, H, W, 3): game steps 0..K-1
     actions = {k: np.stack([e.actions[k][:K - 1] for e in starts]) for k in starts[0].actions}
     n = len(starts)
-    policy = StickyPolicy(wm.action_space, n)
+    # the collector's policy: Crafter's action weights, as in the training data
+    policy = StickyPolicy(wm.action_space, n, action_names=action_names_of(store))
     policy.reset(np.ones(n, bool))
     rng = np.random.default_rng(args.seed)
     g = make_generator(wm.device, args.seed, 1)
