@@ -29,21 +29,11 @@ def crafter_daylight(step: np.ndarray | int) -> np.ndarray:
     return 1 - np.abs(np.cos(np.pi * progress)) ** 3
 
 
-def mean_grey(frames: np.ndarray) -> np.ndarray:
-    """uint8 (..., H, W, 3) -> mean grey level per frame (...), weighted as the stability
-    statistics weigh it."""
-    from worldsim.evaluation.fidelity import GREY_WEIGHTS
-
-    return (np.asarray(frames).astype(np.float32) @ GREY_WEIGHTS).mean(axis=(-1, -2))
-
-
 def main() -> None:
     import worldsim
-    from worldsim.data.policies import StickyPolicy
     from worldsim.data.store import EpisodeStore
-    from worldsim.evaluation.fidelity import make_generator
+    from worldsim.evaluation.fidelity import GREY_WEIGHTS, stability, stability_reference
     from worldsim.evaluation.report import action_names_of
-    from worldsim.spaces import stack_actions
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default="worldsim/assets/crafter-default")
@@ -72,7 +62,8 @@ def main() -> None:
             if store.length(name) == 0:
                 continue
             episode = store.load(name)
-            for t, value in enumerate(mean_grey(episode.frames)):
+            grey = (episode.frames.astype(np.float32) @ GREY_WEIGHTS).mean(axis=(1, 2))
+            for t, value in enumerate(grey):
                 recorded.setdefault(t, []).append(float(value))
             if split == "val" and len(starts) < args.dreams and episode.length >= K:
                 starts.append(episode)
@@ -80,24 +71,12 @@ def main() -> None:
         raise SystemExit(f"{args.data} has no validation episode of {K} frames or more")
     frames = np.stack([e.frames[:K] for e in starts])  # (N, K, H, W, 3): game steps 0..K-1
     actions = {k: np.stack([e.actions[k][:K - 1] for e in starts]) for k in starts[0].actions}
-    n = len(starts)
-    # the collector's policy: Crafter's action weights, as in the training data
-    policy = StickyPolicy(wm.action_space, n, action_names=action_names_of(store))
-    policy.reset(np.ones(n, bool))
-    rng = np.random.default_rng(args.seed)
-    g = make_generator(wm.device, args.seed, 1)
-    dream = np.zeros((n, args.steps))  # grey level of dream frame k+1, game step K + k
-    with torch.no_grad():
-        latents = wm.encode(frames)
-        state = wm.start(latents, actions, make_generator(wm.device, args.seed, 2))
-        shown = wm.render_start(frames[:, -1], latents[:, -1])
-        previous = frames[:, -1]
-        for k in range(args.steps):
-            act = stack_actions(wm.action_space, policy.act(previous, rng))
-            shown = wm.step(state, act, g, guidance=args.guidance, feedback=feedback,
-                            shown=shown).shown
-            previous = shown.frames.cpu().numpy()
-            dream[:, k] = mean_grey(previous)
+    # the collector's policy (Crafter's action weights, as in the training data), the
+    # statistics of the stability report; "grey" is the mean grey level of each dream frame
+    run = stability(wm, stability_reference(starts), steps=args.steps, rollouts=len(starts),
+                    every=args.steps, action_names=action_names_of(store), seed=args.seed,
+                    start=(frames, actions), guidance=args.guidance, feedback=feedback)
+    dream = run.values["grey"]  # (N, steps): dream frame k+1 is game step K + k
     rows = []
     for k0 in range(0, args.steps, args.window):
         steps = np.arange(K + k0, K + min(k0 + args.window, args.steps))
@@ -107,7 +86,7 @@ def main() -> None:
                      "dream_grey": round(float(dream[:, k0:k0 + args.window].mean()), 1),
                      "recorded_grey": round(float(np.mean(real)), 1) if real else None,
                      "recorded_frames": len(real)})
-    print(json.dumps({"checkpoint": args.checkpoint, "data": args.data, "dreams": n,
+    print(json.dumps({"checkpoint": args.checkpoint, "data": args.data, "dreams": len(starts),
                       "guidance": args.guidance, "feedback": feedback,
                       "longest_episode": max(recorded) if recorded else 0, "rows": rows},
                      indent=1))

@@ -722,8 +722,10 @@ def colour_histograms(frames: np.ndarray) -> np.ndarray:
 
 def frame_statistics(frames: np.ndarray, previous: np.ndarray | None,
                      reference_histogram: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-frame statistics (N,) of uint8 frames (N, H, W, 3): see STATISTIC_HELP.
-    `previous` (N, H, W, 3) gives "change" (NaN without it)."""
+    """Per-frame statistics (N,) of uint8 frames (N, H, W, 3): those of STATISTIC_HELP, the
+    share a shift explains ("shift_explained", shift_explained_share) and the mean grey
+    level ("grey", which the histogram already judges). `previous` (N, H, W, 3) gives
+    "change" and "shift_explained" (NaN without it)."""
     frames = np.asarray(frames)
     hist = colour_histograms(frames)
     colour = 0.5 * np.abs(hist - reference_histogram[None]).sum(axis=2).mean(axis=1)
@@ -737,7 +739,7 @@ def frame_statistics(frames: np.ndarray, previous: np.ndarray | None,
         change = np.abs(grey - prev).mean(axis=(1, 2))
         shift_explained = shift_explained_share(grey, prev)
     return {"colour_distance": colour, "sharpness": sharp, "change": change,
-            "shift_explained": shift_explained}
+            "shift_explained": shift_explained, "grey": grey.mean(axis=(1, 2))}
 
 
 def shift_explained_share(grey: np.ndarray, previous: np.ndarray,
@@ -865,9 +867,10 @@ def round_trip(wm, frames: np.ndarray, bf16: bool = False, batch_size: int = 256
 
 @dataclass
 class StabilityRun:
-    """R long dreams from the bundle's real start contexts under sticky random actions.
+    """R long dreams under sticky random actions, from real start contexts.
 
-    values:    {statistic: (R, steps)} per imagined frame
+    values:    {statistic: (R, steps)} per imagined frame (STATISTICS, "shift_explained",
+               "grey" and, for a game with a known player tile, "player_visible")
     snapshots: uint8 (R, n, H, W, 3) frames at `snapshot_steps` (0 = the last real frame)
     """
 
@@ -879,22 +882,32 @@ class StabilityRun:
 
 def stability(wm, reference: StabilityReference, *, steps: int, rollouts: int, every: int,
               action_names: Sequence[str] | None = None, num_steps: int | None = None,
-              seed: int = 0, bf16: bool = False, reencode: bool | None = None) -> StabilityRun:
-    """Dream `steps` steps in `rollouts` rows, started from the bundle's shipped start
-    contexts, with the collector's sticky policy (actions held for a few steps, as in the
-    training data); record the statistics of every frame and a snapshot every `every`.
-    `reencode`: overrides the bundle's re-encoding (`WorldModel.step`)."""
+              seed: int = 0, bf16: bool = False, reencode: bool | None = None,
+              start: tuple[np.ndarray, dict[str, np.ndarray]] | None = None,
+              guidance: float | None = None, feedback: bool | None = None) -> StabilityRun:
+    """Dream `steps` steps in `rollouts` rows with the collector's sticky policy (actions held
+    for a few steps, as in the training data); record the statistics of every frame and a
+    snapshot every `every`. The dreams start from the bundle's shipped start contexts, or from
+    `start`: real frames uint8 (R, K, H, W, 3) and the actions between them {key: (R, K-1, ...)}
+    (`rollouts` must then be R). `reencode`, `guidance`, `feedback`: override the bundle's
+    settings (`WorldModel.step`)."""
     from worldsim.data.policies import StickyPolicy
 
     if steps < 1 or rollouts < 1:
         raise ValueError(f"stability needs steps >= 1 and rollouts >= 1, got {steps}, {rollouts}")
-    rows = np.arange(rollouts) % wm.num_start_contexts
-    frames = wm.start_frames[rows]
-    actions = {k: v[rows] for k, v in wm.start_actions.items()}
+    if start is None:
+        rows = np.arange(rollouts) % wm.num_start_contexts
+        frames = wm.start_frames[rows]
+        actions = {k: v[rows] for k, v in wm.start_actions.items()}
+    else:
+        frames, actions = start
+        if len(frames) != rollouts:
+            raise ValueError(f"stability: {len(frames)} start contexts for {rollouts} rollouts")
     policy = StickyPolicy(wm.action_space, rollouts, action_names=action_names)
     policy.reset(np.ones(rollouts, bool))
     rng = np.random.default_rng(derive_seed(seed, 41))
-    values = {name: np.zeros((rollouts, steps)) for name in (*STATISTICS, "shift_explained")}
+    values = {name: np.zeros((rollouts, steps))
+              for name in (*STATISTICS, "shift_explained", "grey")}
     if reference.player is not None:
         values["player_visible"] = np.zeros((rollouts, steps))
     snapshot_steps = [0] + [s for s in range(every, steps + 1, every)]
@@ -908,7 +921,7 @@ def stability(wm, reference: StabilityReference, *, steps: int, rollouts: int, e
         for i in range(1, steps + 1):
             act = stack_actions(wm.action_space, policy.act(previous, rng))
             shown = wm.step(state, act, g, num_steps=num_steps, reencode=reencode,
-                            shown=shown).shown
+                            guidance=guidance, feedback=feedback, shown=shown).shown
             frame = shown.frames.cpu().numpy()
             stats = frame_statistics(frame, previous, reference.histogram)
             if reference.player is not None:
