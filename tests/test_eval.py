@@ -295,7 +295,7 @@ def test_eval_cli_writes_metrics_and_report(tiny_bundle, tmp_path):
            "--vae-frames", "4", "--idm-steps", "2", "--idm-batch-size", "4",
            "--idm-real-transitions", "8", "--idm-cache", str(tmp_path / "idm"),
            "--consistency-ks", "1", "--consistency-starts", "1", "--stability-steps", "3",
-           "--stability-rollouts", "1", "--threads", "1"]
+           "--stability-rollouts", "1", "--threads", "1", "--sampling-steps", "3"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     for part in ("teacher_forced", "open_loop", "controllability", "stability"):
@@ -312,6 +312,9 @@ def test_eval_cli_writes_metrics_and_report(tiny_bundle, tmp_path):
     report = (out / "report.md").read_text()
     assert "without re-encoding" in report
     assert "## Summary" in report and "copy-last" in report
+    # --sampling-steps overrides the bundle's sampler for every dream, and the report says so
+    assert metrics["default_sampler_steps"] == 3
+    assert "samples with 3 Euler steps" in report and "--sampling-steps 3" in report
     for name in metrics["figures"]:
         assert (out / name).stat().st_size > 0, name
     assert (out / "open_loop.png").exists() and (out / "dream_vs_real.gif").exists()
@@ -336,3 +339,6 @@ def test_eval_refuses_data_of_another_action_space(tiny_bundle, tmp_path):
     with pytest.raises(ValueError, match="action space"):
         Evaluation(EvalConfig(checkpoint=tiny_bundle, data=tmp_path / "other",
                               out=tmp_path / "eval"), log=lambda s: None)
+    with pytest.raises(ValueError, match="--sampling-steps must be at least 1, got 0"):
+        Evaluation(EvalConfig(checkpoint=tiny_bundle, data=tmp_path / "other",
+                              out=tmp_path / "eval", sampling_steps=0), log=lambda s: None)

@@ -88,6 +88,10 @@ class EvalConfig:
     """Real context frames K given to the model (0: the DiT's window minus one)."""
     guidance: float | None = None
     """Classifier-free guidance scale on the action for every dream (None: the bundle's)."""
+    sampling_steps: int | None = None
+    """Sampler steps per dream frame for every dream but teacher forcing, which compares the
+    counts of --tf-steps (None: the bundle's). More steps draw a sample where one step draws
+    the expected frame (docs/DESIGN-NOTES.md, long dreams)."""
     refiner_blend: Literal["soft", "hard"] | None = None
     """How the refiner blends its sources (None: the bundle's setting; see `worldsim bundle
     --refiner-blend`)."""
@@ -242,6 +246,10 @@ class Evaluation:
         self.wm = worldsim.load(cfg.checkpoint, device=cfg.device)
         if cfg.guidance is not None:
             self.wm.guidance = float(cfg.guidance)
+        if cfg.sampling_steps is not None:
+            if cfg.sampling_steps < 1:
+                raise ValueError(f"--sampling-steps must be at least 1, got {cfg.sampling_steps}")
+            self.wm.num_steps = int(cfg.sampling_steps)
         if (cfg.refiner_blend == "hard" or cfg.feedback) and self.wm.refiner is None:
             raise ValueError(f"--refiner-blend hard and --feedback change how the frame refiner "
                              f"is used; {cfg.checkpoint} has no refiner")
