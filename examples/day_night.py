@@ -32,7 +32,7 @@ def crafter_daylight(step: np.ndarray | int) -> np.ndarray:
 def main() -> None:
     import worldsim
     from worldsim.data.store import EpisodeStore
-    from worldsim.evaluation.fidelity import GREY_WEIGHTS, stability, stability_reference
+    from worldsim.evaluation.fidelity import grey_levels, stability, stability_reference
     from worldsim.evaluation.report import action_names_of
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -62,8 +62,7 @@ def main() -> None:
             if store.length(name) == 0:
                 continue
             episode = store.load(name)
-            grey = (episode.frames.astype(np.float32) @ GREY_WEIGHTS).mean(axis=(1, 2))
-            for t, value in enumerate(grey):
+            for t, value in enumerate(grey_levels(episode.frames).mean(axis=(1, 2))):
                 recorded.setdefault(t, []).append(float(value))
             if split == "val" and len(starts) < args.dreams and episode.length >= K:
                 starts.append(episode)
@@ -73,8 +72,8 @@ def main() -> None:
     actions = {k: np.stack([e.actions[k][:K - 1] for e in starts]) for k in starts[0].actions}
     # the collector's policy (Crafter's action weights, as in the training data), the
     # statistics of the stability report; "grey" is the mean grey level of each dream frame
-    run = stability(wm, stability_reference(starts), steps=args.steps, rollouts=len(starts),
-                    every=args.steps, action_names=action_names_of(store), seed=args.seed,
+    run = stability(wm, stability_reference(starts), steps=args.steps, every=args.steps,
+                    action_names=action_names_of(store), seed=args.seed,
                     start=(frames, actions), guidance=args.guidance, feedback=feedback)
     dream = run.values["grey"]  # (N, steps): dream frame k+1 is game step K + k
     rows = []

@@ -14,7 +14,6 @@ import worldsim
 from worldsim.data.store import Episode, EpisodeStore
 from worldsim.evaluation import fidelity
 from worldsim.evaluation.fidelity import (
-    GREY_WEIGHTS,
     MOVING_CHANGE,
     SCROLL_EXPLAINED,
     PlayerTile,
@@ -24,6 +23,7 @@ from worldsim.evaluation.fidelity import (
     consistency,
     consistency_metrics,
     frame_statistics,
+    grey_levels,
     load_episodes,
     open_loop,
     open_loop_metrics,
@@ -219,10 +219,10 @@ def test_stability_statistics_flag_collapsed_frames(tiny, crafter_actions):
     e = episodes[0]  # two contexts: game steps 0..K-1 and 1..K
     frames = np.stack([e.frames[t:t + K] for t in (0, 1)])
     actions = {k: np.stack([e.actions[k][t:t + K - 1] for t in (0, 1)]) for k in e.actions}
-    run = stability(wm, reference, steps=2, rollouts=2, every=2, seed=0,
+    run = stability(wm, reference, steps=2, every=2, seed=0,  # 2 rollouts, from `start`
                     action_names=crafter_actions, start=(frames, actions))
     np.testing.assert_array_equal(run.snapshots[:, 0], frames[:, -1])
-    grey = (run.snapshots[:, 1].astype(np.float32) @ GREY_WEIGHTS).mean(axis=(1, 2))
+    grey = grey_levels(run.snapshots[:, 1]).mean(axis=(1, 2))
     np.testing.assert_allclose(run.values["grey"][:, 1], grey, rtol=1e-5)
     with pytest.raises(ValueError, match="2 start contexts for 3 rollouts"):
         stability(wm, reference, steps=2, rollouts=3, every=2, start=(frames, actions))

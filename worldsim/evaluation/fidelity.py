@@ -709,6 +709,12 @@ SCROLL_EXPLAINED = 0.5
 GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 
 
+def grey_levels(frames: np.ndarray) -> np.ndarray:
+    """uint8 (..., H, W, 3) -> float32 (..., H, W): the grey level of every pixel (ITU-R 601
+    luma weights), the image every grey-level statistic here is measured on."""
+    return np.asarray(frames).astype(np.float32) @ GREY_WEIGHTS
+
+
 def colour_histograms(frames: np.ndarray) -> np.ndarray:
     """uint8 (N, H, W, 3) -> per-channel normalised histograms (N, 3, HISTOGRAM_BINS)."""
     frames = np.asarray(frames)
@@ -729,13 +735,13 @@ def frame_statistics(frames: np.ndarray, previous: np.ndarray | None,
     frames = np.asarray(frames)
     hist = colour_histograms(frames)
     colour = 0.5 * np.abs(hist - reference_histogram[None]).sum(axis=2).mean(axis=1)
-    grey = frames.astype(np.float32) @ GREY_WEIGHTS  # (N, H, W)
+    grey = grey_levels(frames)  # (N, H, W)
     sharp = (np.abs(np.diff(grey, axis=1)).mean(axis=(1, 2))
              + np.abs(np.diff(grey, axis=2)).mean(axis=(1, 2))) / 2
     if previous is None:
         change = shift_explained = np.full(len(frames), np.nan)
     else:
-        prev = np.asarray(previous).astype(np.float32) @ GREY_WEIGHTS
+        prev = grey_levels(previous)
         change = np.abs(grey - prev).mean(axis=(1, 2))
         shift_explained = shift_explained_share(grey, prev)
     return {"colour_distance": colour, "sharpness": sharp, "change": change,
@@ -880,7 +886,8 @@ class StabilityRun:
     steps: int
 
 
-def stability(wm, reference: StabilityReference, *, steps: int, rollouts: int, every: int,
+def stability(wm, reference: StabilityReference, *, steps: int, rollouts: int | None = None,
+              every: int,
               action_names: Sequence[str] | None = None, num_steps: int | None = None,
               seed: int = 0, bf16: bool = False, reencode: bool | None = None,
               start: tuple[np.ndarray, dict[str, np.ndarray]] | None = None,
@@ -889,20 +896,23 @@ def stability(wm, reference: StabilityReference, *, steps: int, rollouts: int, e
     for a few steps, as in the training data); record the statistics of every frame and a
     snapshot every `every`. The dreams start from the bundle's shipped start contexts, or from
     `start`: real frames uint8 (R, K, H, W, 3) and the actions between them {key: (R, K-1, ...)}
-    (`rollouts` must then be R). `reencode`, `guidance`, `feedback`: override the bundle's
+    (`rollouts` then defaults to R, and must be R if given). `reencode`, `guidance`, `feedback`: override the bundle's
     settings (`WorldModel.step`)."""
     from worldsim.data.policies import StickyPolicy
 
+    if start is not None:
+        frames, actions = start
+        if rollouts is not None and rollouts != len(frames):
+            raise ValueError(f"stability: {len(frames)} start contexts for {rollouts} rollouts")
+        rollouts = len(frames)
+    if rollouts is None:
+        raise ValueError("stability needs rollouts, or start contexts to count them from")
     if steps < 1 or rollouts < 1:
         raise ValueError(f"stability needs steps >= 1 and rollouts >= 1, got {steps}, {rollouts}")
     if start is None:
         rows = np.arange(rollouts) % wm.num_start_contexts
         frames = wm.start_frames[rows]
         actions = {k: v[rows] for k, v in wm.start_actions.items()}
-    else:
-        frames, actions = start
-        if len(frames) != rollouts:
-            raise ValueError(f"stability: {len(frames)} start contexts for {rollouts} rollouts")
     policy = StickyPolicy(wm.action_space, rollouts, action_names=action_names)
     policy.reset(np.ones(rollouts, bool))
     rng = np.random.default_rng(derive_seed(seed, 41))
