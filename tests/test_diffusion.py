@@ -102,12 +102,14 @@ def test_karras_schedule():
     s = karras_sigmas(4, 0.004, 10.0, 7.0)
     assert s.shape == (5,) and s[-1] == 0
     torch.testing.assert_close(s[0], torch.tensor(10.0))
-    torch.testing.assert_close(s[3], torch.tensor(0.004))
     assert bool((s[1:] < s[:-1]).all())
-    # Evenly spaced in sigma^(1/rho) (Eq. 5).
-    r = s[:-1].double() ** (1 / 7)
-    torch.testing.assert_close(r.diff(), r.diff()[:1].expand(3), rtol=1e-4, atol=1e-6)
+    # Evenly spaced in sigma^(1/rho) (Eq. 5), on a ramp whose next level would be sigma_min:
+    # the sampler never spends an evaluation at sigma_min itself.
+    r = torch.cat([s[:-1].double(), torch.tensor([0.004], dtype=torch.float64)]) ** (1 / 7)
+    torch.testing.assert_close(r.diff(), r.diff()[:1].expand(4), rtol=1e-4, atol=1e-6)
     assert karras_sigmas(1, 0.004, 10.0).tolist() == [10.0, 0.0]
+    for n in (2, 3, 8):  # the last step always starts above sigma_min
+        assert karras_sigmas(n, 0.004, 10.0)[-2] > 0.004
     with pytest.raises(ValueError, match="at least one step"):
         karras_sigmas(0, 0.004, 10.0)
     with pytest.raises(ValueError, match="sigma_min"):

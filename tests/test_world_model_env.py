@@ -366,6 +366,41 @@ def test_bundle_sampler_defaults(tiny_bundle, tmp_path):
                      data=root / "data", num_contexts=2, context_frames=2, sampler="ddpm")
 
 
+def test_bundle_sets_where_the_sampling_schedule_ends(tiny_bundle, tmp_path):
+    """`sigma_min` in a bundle moves the sampler's middle levels: its 2-step dreams equal the
+    dynamics model's own 2-step schedule sampled with that sigma_min, and differ from the
+    model's default schedule. Out-of-range values are refused, naming the range."""
+    from worldsim.diffusion.schedules import karras_sigmas
+    from worldsim.training.loop import resolve_checkpoint
+    from worldsim.world_model import build_bundle
+
+    root = tiny_bundle.parent.parent
+    parts = dict(vae_checkpoint=resolve_checkpoint(root / "run-vae"),
+                 dynamics_checkpoint=resolve_checkpoint(root / "run-dyn"),
+                 data=root / "data", num_contexts=2, context_frames=2, num_steps=2)
+    plain = worldsim.load(build_bundle(tmp_path / "plain", **parts), device="cpu")
+    dcfg = plain.dynamics.config.diffusion
+    sigma_min = dcfg.sample_sigma_max / 20
+    moved = worldsim.load(build_bundle(tmp_path / "moved", sigma_min=sigma_min, **parts),
+                          device="cpu")
+    assert moved.config["sampling"]["sigma_min"] == sigma_min
+    assert moved.dynamics.config.diffusion.sample_sigma_min == sigma_min
+    mid = karras_sigmas(2, sigma_min, dcfg.sample_sigma_max, dcfg.rho)[1]
+    assert mid > karras_sigmas(2, dcfg.sample_sigma_min, dcfg.sample_sigma_max, dcfg.rho)[1]
+
+    def step(wm):
+        g = torch.Generator().manual_seed(0)
+        latents = wm.encode(wm.start_frames[:1])
+        state = wm.start(latents, {k: v[:1] for k, v in wm.start_actions.items()}, g)
+        return wm.step(state, {"action": np.array([3])}, g).latents
+
+    assert not torch.equal(step(plain), step(moved))
+    plain.dynamics.config.diffusion = moved.dynamics.config.diffusion
+    assert torch.equal(step(plain), step(moved))
+    with pytest.raises(ValueError, match=r"sigma_min must lie in \(0, "):
+        build_bundle(tmp_path / "bad", sigma_min=dcfg.sample_sigma_max * 2, **parts)
+
+
 def test_reencoding_continues_from_the_vae_round_trip(tiny_bundle, tmp_path):
     """With re-encoding a step returns the VAE round trip of the latent it would sample
     without it (same noise), the rollout continues from that latent, and the bundle records

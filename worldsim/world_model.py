@@ -139,6 +139,11 @@ class WorldModel:
         diffusion = dynamics.config.diffusion
         self.num_steps: int = int(sampling.get("num_steps", diffusion.num_steps))
         self.sampler: str = str(sampling.get("sampler", diffusion.sampler))
+        if "sigma_min" in sampling:
+            # Where the schedule's ramp ends, which places the levels between sigma_max and 0
+            # (`schedules.karras_sigmas`): a sampling choice, so the bundle may set it.
+            dynamics.config.diffusion = dataclasses.replace(
+                diffusion, sample_sigma_min=float(sampling["sigma_min"]))
         # Re-encoding: every sampled latent goes through the VAE (decode, then encode) before
         # the rollout continues from it. The DiT's small errors otherwise pile up off the set
         # of latents the encoder produces, and long dreams wash out into blur within a few
@@ -428,7 +433,7 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
                  sampler: str | None = None, reward_checkpoint: str | Path | None = None,
                  refiner_checkpoint: str | Path | None = None, reencode: bool = True,
                  guidance: float = 1.0, feedback: bool = False,
-                 refiner_blend: str = "soft") -> Path:
+                 refiner_blend: str = "soft", sigma_min: float | None = None) -> Path:
     """Assemble a bundle from a VAE checkpoint, a dynamics checkpoint (EMA weights), optionally
     a reward model checkpoint and a frame refiner checkpoint, and real start contexts drawn
     (seeded) from the validation episodes of the dataset `data`. `num_steps` / `sampler`: the
@@ -436,7 +441,9 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
     rollouts re-encode every sampled latent (`WorldModel.reencode`); `guidance`: the
     classifier-free guidance scale on the action (`WorldModel.guidance`); `feedback`: whether
     rollouts continue from the encoding of the refined frame (`WorldModel.feedback`; needs a
-    refiner); `refiner_blend`: "soft" or "hard" (`FrameRefiner.hard_blend`). `metrics`: None
+    refiner); `refiner_blend`: "soft" or "hard" (`FrameRefiner.hard_blend`); `sigma_min`: where
+    the sampling schedule's ramp ends (None: the dynamics model's `sample_sigma_min`).
+    `metrics`: None
     takes those recorded in the dynamics checkpoint."""
     import tempfile
 
@@ -462,6 +469,11 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
                              f"action_dropout > 0; {dynamics_checkpoint} was not (its "
                              "\"no action\" prediction is untrained)")
         sampling["guidance"] = float(guidance)
+    if sigma_min is not None:  # recorded only when given, as guidance
+        if not 0 < sigma_min < diffusion.sample_sigma_max:
+            raise ValueError(f"sigma_min must lie in (0, {diffusion.sample_sigma_max:g}) (the "
+                             f"dynamics model's first sampling level), got {sigma_min}")
+        sampling["sigma_min"] = float(sigma_min)
     if feedback:  # recorded only when on, as guidance
         if refiner_checkpoint is None or not reencode:
             raise ValueError("feedback re-encodes the refiner's frames: it needs a refiner "
@@ -525,7 +537,8 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
             "action_space": space_to_json(store.action_space),
             "context_frames": context_frames,
             "sampling": sampling,
-            "data": {"path": str(Path(data).resolve()), "episodes": len(store),
+            # The path as given: a bundle is shared, and this machine's layout is not its own.
+            "data": {"path": str(data), "episodes": len(store),
                      "frames": store.num_frames, "start_context_seed": seed},
             "vae_fingerprint": vae.fingerprint(),
             "versions": versions(),
@@ -595,6 +608,9 @@ class BundleConfig:
     """Default sampler steps per generated frame (None: the dynamics model's)."""
     sampler: str | None = None
     """Default sampler (None: the dynamics model's)."""
+    sample_sigma_min: float | None = None
+    """Where the sampling schedule's ramp ends (None: the dynamics model's `sample_sigma_min`).
+    It places the levels between sigma_max and 0: with 2 steps the one in the middle."""
     reencode: bool = True
     """Rollouts pass every sampled latent through the VAE (decode, encode) before continuing
     from it, which keeps long dreams from washing out (see docs/DESIGN-NOTES.md)."""
@@ -622,7 +638,7 @@ def main(argv: list[str] | None = None) -> None:
                        num_contexts=cfg.num_contexts, context_frames=cfg.context_frames,
                        seed=cfg.seed, num_steps=cfg.sample_steps, sampler=cfg.sampler,
                        reencode=cfg.reencode, guidance=cfg.guidance, feedback=cfg.feedback,
-                       refiner_blend=cfg.refiner_blend,
+                       refiner_blend=cfg.refiner_blend, sigma_min=cfg.sample_sigma_min,
                        reward_checkpoint=None if cfg.reward is None else resolve_checkpoint(cfg.reward),
                        refiner_checkpoint=None if cfg.refiner is None else resolve_checkpoint(cfg.refiner))
     print(f"bundle: {out}", flush=True)

@@ -71,7 +71,8 @@ class DiffusionConfig:
     num_steps: int = SAMPLE_STEPS
     """Default number of sampler steps per generated frame."""
     sample_sigma_min: float = SAMPLE_SIGMA_MIN
-    """Last nonzero noise level of the sampling schedule."""
+    """Where the sampling schedule's ramp ends: its last step jumps from one ramp interval above
+    this level to 0 (`schedules.karras_sigmas`)."""
     sample_sigma_max: float = SAMPLE_SIGMA_MAX
     """First noise level of the sampling schedule."""
     rho: float = SAMPLE_RHO

@@ -19,16 +19,21 @@ def sample_training_sigmas(shape: tuple[int, ...], *, p_mean: float, p_std: floa
 
 def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0,
                   device: torch.device | str = "cpu") -> torch.Tensor:
-    """The sampling schedule of Karras et al. 2022, Eq. 5: `num_steps` levels from sigma_max
-    down to sigma_min, evenly spaced in sigma^(1/rho), followed by a final 0.
-    Returns (num_steps + 1,) float32."""
+    """The sampling schedule of Karras et al. 2022, Eq. 5, for few steps: a ramp evenly spaced
+    in sigma^(1/rho) from sigma_max toward sigma_min in `num_steps` intervals, of which the
+    sampler visits the first `num_steps` levels and then steps straight to 0.
+    Returns (num_steps + 1,) float32: sigma_max, ..., then 0.
+
+    EDM's schedule visits sigma_min itself before the final 0. At the 1-4 steps a world model
+    samples with, that costs a network evaluation at a level (1e-3) where the frame is already
+    decided: on the shipped model 2 such steps drew the same dreams as 1, and 4 the same as 3
+    (`docs/DESIGN-NOTES.md`, sampler steps). Here every evaluation sits at a level where
+    something is still undecided; one step is sigma_max -> 0 as before."""
     if num_steps < 1:
         raise ValueError(f"a sampling schedule needs at least one step, got {num_steps}")
     if not 0 < sigma_min <= sigma_max:
         raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
-    ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
-    if num_steps == 1:
-        ramp = torch.zeros(1, dtype=torch.float64)  # one step: straight from sigma_max to 0
+    ramp = torch.linspace(0, 1, num_steps + 1, dtype=torch.float64)[:-1]
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     sigmas = (hi + ramp * (lo - hi)) ** rho
     return torch.cat([sigmas, sigmas.new_zeros(1)]).to(device=device, dtype=torch.float32)
