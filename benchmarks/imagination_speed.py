@@ -6,8 +6,10 @@ dream env stepped with random actions (the ceiling: no agent at all), in one run
     python benchmarks/imagination_speed.py --checkpoint BUNDLE --batches 32 --obs-modes rgb \
         --preset small --precisions fp32 bf16     # the setting of examples/agents_in_imagination.sh
     python benchmarks/imagination_speed.py --checkpoint BUNDLE --guidances 1 2   # guidance's cost
+    python benchmarks/imagination_speed.py --checkpoint BUNDLE --sampling-steps 1 2  # the sampler's
 
-For each (obs mode, batch size N, world-model precision fp32 / bf16, guidance scale): the
+For each (obs mode, batch size N, world-model precision fp32 / bf16, guidance scale, sampler
+steps): the
 dream vector env in tensor mode;
 - env_only:   steps/s of env.step with random actions;
 - collect:    steps/s of the trainer's rollout (the agent acts on every frame);
@@ -18,6 +20,7 @@ Medians over `repeats` updates after one warm-up. Prints one JSON object.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -56,6 +59,8 @@ class Config:
     guidances: tuple[float, ...] = ()
     """Classifier-free guidance scales to measure (empty: the bundle's own). Scale 1 is one
     network call per sampler step, any other scale one call on twice the rows."""
+    sampling_steps: tuple[int, ...] = ()
+    """Sampler steps per imagined frame to measure (empty: the bundle's own)."""
     threads: int = 0
     """torch threads (0: torch's default)."""
     out: Path | None = None
@@ -63,13 +68,14 @@ class Config:
 
 
 def measure(cfg: Config, obs_mode: str, num_envs: int, bf16: bool,
-            guidance: float | None = None) -> dict[str, float]:
-    """guidance None: the bundle's own."""
+            guidance: float | None = None, sampling_steps: int | None = None) -> dict[str, float]:
+    """guidance, sampling_steps None: the bundle's own."""
     import envs  # noqa: F401  (registers worldsim/*)
 
     env = gym.make_vec("worldsim/Dream-v0", num_envs=num_envs,
                        vectorization_mode="vector_entry_point", checkpoint=str(cfg.checkpoint),
-                       obs_mode=obs_mode, tensor_mode=True, bf16=bf16, guidance=guidance)
+                       obs_mode=obs_mode, tensor_mode=True, bf16=bf16, guidance=guidance,
+                       num_sampling_steps=sampling_steps)
     try:
         env.reset(seed=0)
         n = env.single_action_space.n
@@ -112,10 +118,11 @@ def main(cfg: Config) -> dict:
     for obs_mode in cfg.obs_modes:
         for n in cfg.batches:
             for precision in cfg.precisions:
-                for guidance in cfg.guidances or (None,):
+                for guidance, steps in itertools.product(cfg.guidances or (None,),
+                                                         cfg.sampling_steps or (None,)):
                     case = {"obs_mode": obs_mode, "num_envs": n, "precision": precision,
-                            "guidance": guidance,
-                            **measure(cfg, obs_mode, n, precision == "bf16", guidance)}
+                            "guidance": guidance, "sampling_steps": steps,
+                            **measure(cfg, obs_mode, n, precision == "bf16", guidance, steps)}
                     results["cases"].append(case)
                     print(json.dumps(case), flush=True)
     if cfg.out is not None:

@@ -53,11 +53,14 @@ worldsim bundle --vae "$runs/vae-f4" --dynamics "$runs/dyn-default" --data "$dat
 worldsim train refiner --data "$data" --checkpoint "$runs/bundle-dit" --out "$runs/refiner" \
     --pool 16000 --drawn-weight 0 --gate-weight 0 --train.steps 4000 --train.time-limit-min 30
 
+# It samples with 2 Euler steps, the middle one at noise level 0.36 (where the ramp ending at
+# 0.033 puts it): one step draws the expected frame, and the expected player is a blur that
+# fades within 25 steps (docs/DESIGN-NOTES.md, sampler steps).
 rm -rf worldsim/assets/crafter-default
 mkdir -p worldsim/assets
 worldsim bundle --vae "$runs/vae-f4" --dynamics "$runs/dyn-guided" --data "$data" \
-    --reward "$runs/reward" --refiner "$runs/refiner" --sample-steps 1 --guidance 2 \
-    --out worldsim/assets/crafter-default
+    --reward "$runs/reward" --refiner "$runs/refiner" --sample-steps 2 --sample-sigma-min 0.033 \
+    --guidance 2 --out worldsim/assets/crafter-default
 
 # The report is measured on fresh play with a seed no model trained on.
 [ -e "$data-heldout/dataset.json" ] ||
