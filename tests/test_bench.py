@@ -115,3 +115,19 @@ def test_bench_cli_runs_a_real_quick_benchmark(tmp_path):
     assert entry["ok"], entry
     assert "--no-npz" in entry["args"]  # the quick options were used
     assert entry["result"]["store"]["windows_per_s"] > 0
+
+
+def test_bench_writes_paths_as_given(tmp_path):
+    """The combined file names the bundle as the user passed it and scripts relative to the
+    repository, not by the absolute paths the scripts ran with."""
+    from worldsim.evaluation.bench import BenchConfig, as_given
+
+    root = tmp_path / "repo"
+    cfg = BenchConfig(checkpoint=Path("runs/bundle"), out=tmp_path / "bench.json")
+    bundle = str(Path("runs/bundle").resolve())
+    entry = {"script": str(root / "benchmarks" / "vae_speed.py"),
+             "args": ["--vae", bundle + "/vae", "--batches", "1"],
+             "result": {"config": {"checkpoint": bundle, "frames": 3}, "elsewhere": "/opt/x"}}
+    assert as_given(entry, cfg, root) == {
+        "script": "benchmarks/vae_speed.py", "args": ["--vae", "runs/bundle/vae", "--batches", "1"],
+        "result": {"config": {"checkpoint": "runs/bundle", "frames": 3}, "elsewhere": "/opt/x"}}

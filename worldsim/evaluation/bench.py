@@ -164,8 +164,33 @@ def _env() -> dict[str, str]:
     return env
 
 
+def as_given(obj: Any, cfg: BenchConfig, root: Path) -> Any:
+    """`obj` (a JSON value) with the absolute paths the scripts ran with written as the user
+    gave them: the bundle as passed to --checkpoint, scripts relative to the repository. The
+    combined file is shared, and this machine's layout is not part of its results."""
+    if isinstance(obj, dict):
+        return {k: as_given(v, cfg, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [as_given(v, cfg, root) for v in obj]
+    if not isinstance(obj, str):
+        return obj
+    if cfg.checkpoint is not None:
+        bundle = str(Path(cfg.checkpoint).resolve())
+        if obj == bundle or obj.startswith(bundle + os.sep):
+            return str(cfg.checkpoint) + obj[len(bundle):]
+    if obj.startswith(str(root) + os.sep):
+        return obj[len(str(root)) + 1:]
+    return obj
+
+
 def run_script(name: str, script: Path, cfg: BenchConfig, log=print) -> dict[str, Any]:
-    """Run one benchmark script and return its entry of the combined file."""
+    """Run one benchmark script and return its entry of the combined file (paths in it as
+    the user gave them, `as_given`)."""
+    entry = _run_script(name, script, cfg, log)
+    return as_given(entry, cfg, script.resolve().parent.parent)
+
+
+def _run_script(name: str, script: Path, cfg: BenchConfig, log) -> dict[str, Any]:
     args, notes, skip = plan(name, script, cfg)
     entry: dict[str, Any] = {"script": str(script), "args": args, "notes": notes}
     if skip:
@@ -231,7 +256,7 @@ def bench(cfg: BenchConfig, log=print) -> dict[str, Any]:
     result: dict[str, Any] = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "mode": "full" if cfg.full else "quick",
-        "checkpoint": str(Path(cfg.checkpoint).resolve()) if cfg.checkpoint else None,
+        "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else None,
         "worldsim": __version__, "machine": machine(), "benchmarks": {}}
     for name in names:
         result["benchmarks"][name] = run_script(name, found[name], cfg, log)
