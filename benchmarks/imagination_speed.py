@@ -9,8 +9,7 @@ dream env stepped with random actions (the ceiling: no agent at all), in one run
     python benchmarks/imagination_speed.py --checkpoint BUNDLE --sampling-steps 1 2  # the sampler's
 
 For each (obs mode, batch size N, world-model precision fp32 / bf16, guidance scale, sampler
-steps): the
-dream vector env in tensor mode;
+steps): the dream vector env in tensor mode;
 - env_only:   steps/s of env.step with random actions;
 - collect:    steps/s of the trainer's rollout (the agent acts on every frame);
 - train:      imagined steps/s of whole updates (rollout of `horizon` steps + the gradient

@@ -443,8 +443,7 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
     rollouts continue from the encoding of the refined frame (`WorldModel.feedback`; needs a
     refiner); `refiner_blend`: "soft" or "hard" (`FrameRefiner.hard_blend`); `sigma_min`: where
     the sampling schedule's ramp ends (None: the dynamics model's `sample_sigma_min`).
-    `metrics`: None
-    takes those recorded in the dynamics checkpoint."""
+    `metrics`: None takes those recorded in the dynamics checkpoint."""
     import tempfile
 
     from worldsim.data.store import EpisodeStore

@@ -168,26 +168,31 @@ def as_given(obj: Any, cfg: BenchConfig, root: Path) -> Any:
     """`obj` (a JSON value) with the absolute paths the scripts ran with written as the user
     gave them: the bundle as passed to --checkpoint, scripts relative to the repository. The
     combined file is shared, and this machine's layout is not part of its results."""
-    if isinstance(obj, dict):
-        return {k: as_given(v, cfg, root) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [as_given(v, cfg, root) for v in obj]
-    if not isinstance(obj, str):
-        return obj
+    # (absolute prefix, what it becomes), the bundle first: it may lie inside the repository
+    prefixes = [(str(root) + os.sep, "")]
     if cfg.checkpoint is not None:
-        bundle = str(Path(cfg.checkpoint).resolve())
-        if obj == bundle or obj.startswith(bundle + os.sep):
-            return str(cfg.checkpoint) + obj[len(bundle):]
-    if obj.startswith(str(root) + os.sep):
-        return obj[len(str(root)) + 1:]
-    return obj
+        prefixes.insert(0, (str(Path(cfg.checkpoint).resolve()), str(cfg.checkpoint)))
+
+    def rewrite(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: rewrite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [rewrite(v) for v in value]
+        if isinstance(value, str):
+            for prefix, given in prefixes:
+                if value.startswith(prefix):
+                    rest = value[len(prefix):]
+                    if not given or not rest or rest.startswith(os.sep):
+                        return given + rest
+        return value
+
+    return rewrite(obj)
 
 
 def run_script(name: str, script: Path, cfg: BenchConfig, log=print) -> dict[str, Any]:
     """Run one benchmark script and return its entry of the combined file (paths in it as
     the user gave them, `as_given`)."""
-    entry = _run_script(name, script, cfg, log)
-    return as_given(entry, cfg, script.resolve().parent.parent)
+    return as_given(_run_script(name, script, cfg, log), cfg, script.resolve().parent.parent)
 
 
 def _run_script(name: str, script: Path, cfg: BenchConfig, log) -> dict[str, Any]:

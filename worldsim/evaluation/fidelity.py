@@ -886,9 +886,8 @@ class StabilityRun:
     steps: int
 
 
-def stability(wm, reference: StabilityReference, *, steps: int, rollouts: int | None = None,
-              every: int,
-              action_names: Sequence[str] | None = None, num_steps: int | None = None,
+def stability(wm, reference: StabilityReference, *, steps: int, every: int,
+              rollouts: int | None = None, action_names: Sequence[str] | None = None, num_steps: int | None = None,
               seed: int = 0, bf16: bool = False, reencode: bool | None = None,
               start: tuple[np.ndarray, dict[str, np.ndarray]] | None = None,
               guidance: float | None = None, feedback: bool | None = None) -> StabilityRun:
@@ -896,8 +895,8 @@ def stability(wm, reference: StabilityReference, *, steps: int, rollouts: int | 
     for a few steps, as in the training data); record the statistics of every frame and a
     snapshot every `every`. The dreams start from the bundle's shipped start contexts, or from
     `start`: real frames uint8 (R, K, H, W, 3) and the actions between them {key: (R, K-1, ...)}
-    (`rollouts` then defaults to R, and must be R if given). `reencode`, `guidance`, `feedback`: override the bundle's
-    settings (`WorldModel.step`)."""
+    (`rollouts` then defaults to R, and must be R if given). `reencode`, `guidance`,
+    `feedback`: override the bundle's settings (`WorldModel.step`)."""
     from worldsim.data.policies import StickyPolicy
 
     if start is not None:
