@@ -193,3 +193,46 @@ def test_two_process_ddp_follows_single_process(data, tmp_path):
     (ckpt,) = checkpoint_dirs(tmp_path / "two")
     config, _ = load_checkpoint(ckpt)
     assert config["state"]["world_size"] == 2 and config["state"]["step"] == steps
+
+
+def test_decoder_refit_keeps_the_latent_space_and_learns_the_round_trip(data, tmp_path):
+    """`--init-from VAE --decoder-only`: the encoder and statistics stay bit for bit, the
+    result names the latent space of the VAE it came from (so models trained on those latents
+    still load with it), the round-trip term falls, and a checkpoint whose encoder was changed
+    after the fact is refused by name."""
+    cfg, task = _task(data, tmp_path / "base", steps=30)
+    Trainer(task, cfg.train, cfg.out).run()
+    base = VAE.from_checkpoint(cfg.out)
+    refit_cfg = TrainVAEConfig(
+        data=data, out=tmp_path / "refit", init_from=cfg.out, decoder_only=True,
+        latent_noise=0.1, loss=VAELossConfig(round_trip=1.0), round_trips=2, eval_frames=16,
+        calibration_frames=16, eval_batch=16, round_trip_frames=8,
+        train=TrainConfig(steps=30, batch_size=4, lr=3e-3, warmup_steps=0, eval_every=0,
+                          checkpoint_every_min=0, log_every=1, progress=False, bf16=False))
+    trainer = Trainer(VAETask(refit_cfg, torch.device("cpu")), refit_cfg.train, refit_cfg.out)
+    result = trainer.run()
+    trips = [h["round_trip"] for h in trainer.history]
+    assert np.mean(trips[-5:]) < np.mean(trips[:5])
+    assert {"psnr_round_trip_1", "psnr_round_trip_10"} <= set(result.metrics)
+    refit = VAE.from_checkpoint(refit_cfg.out)
+    assert refit.fingerprint() != base.fingerprint()  # the decoder moved
+    assert refit.encoder_fingerprint() == base.encoder_fingerprint()
+    assert refit.latent_fingerprint() == base.latent_fingerprint() == base.fingerprint()
+    frames = np.stack([EpisodeStore(data).load(n).frames[0] for n in EpisodeStore(data).names])
+    assert torch.equal(refit.encode_frames(frames), base.encode_frames(frames))
+    # saved standalone (as a bundle does) it still names the latent space it keeps
+    refit.save(tmp_path / "standalone")
+    assert VAE.from_checkpoint(tmp_path / "standalone").latent_fingerprint() == base.fingerprint()
+    # an encoder changed after the fact no longer matches what the checkpoint claims
+    with torch.no_grad():
+        next(refit.encoder.parameters()).add_(0.01)
+    refit.latent_space = None  # save() would record the new encoder; write the old claim
+    config = {**refit.describe(), "latent_space": {"fingerprint": base.fingerprint(),
+                                                   "encoder": base.encoder_fingerprint()}}
+    from worldsim.training.checkpoint import save_checkpoint
+    save_checkpoint(tmp_path / "tampered", config, {"model": refit.state_dict()})
+    with pytest.raises(CheckpointError, match="encoder weights or latent statistics differ"):
+        VAE.from_checkpoint(tmp_path / "tampered")
+    with pytest.raises(ValueError, match="--init-from"):
+        VAETask(TrainVAEConfig(data=data, out=tmp_path / "x", decoder_only=True),
+                torch.device("cpu"))

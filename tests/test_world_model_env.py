@@ -401,6 +401,42 @@ def test_bundle_sets_where_the_sampling_schedule_ends(tiny_bundle, tmp_path):
         build_bundle(tmp_path / "bad", sigma_min=dcfg.sample_sigma_max * 2, **parts)
 
 
+def test_bundle_takes_a_refitted_decoder(tiny_bundle, tmp_path):
+    """A VAE whose decoder was refitted (`worldsim train vae --init-from --decoder-only`)
+    bundles with the dynamics model trained on the original VAE's latents, draws the
+    refitted decoder's frames, and encodes as before; a VAE with another encoder is refused."""
+    import torch as _torch
+
+    from worldsim.models.vae import VAE
+    from worldsim.training.checkpoint import CheckpointError
+    from worldsim.training.loop import TrainConfig, resolve_checkpoint, setup, train
+    from worldsim.training.train_vae import TrainVAEConfig, VAELossConfig, VAETask
+    from worldsim.world_model import build_bundle
+
+    root = tiny_bundle.parent.parent
+    cfg = TrainVAEConfig(data=root / "data", out=tmp_path / "refit", init_from=root / "run-vae",
+                         decoder_only=True, latent_noise=0.1,
+                         loss=VAELossConfig(round_trip=1.0), eval_frames=8,
+                         calibration_frames=8, round_trip_frames=4,
+                         train=TrainConfig(steps=3, batch_size=4, warmup_steps=0, eval_every=0,
+                                           checkpoint_every_min=0, progress=False, bf16=False))
+    train(VAETask(cfg, _torch.device("cpu")), cfg.train, cfg.out, setup(cfg.train))
+    parts = dict(dynamics_checkpoint=resolve_checkpoint(root / "run-dyn"), data=root / "data",
+                 num_contexts=2, context_frames=2)
+    wm = worldsim.load(build_bundle(tmp_path / "b", vae_checkpoint=tmp_path / "refit",
+                                    **parts), device="cpu")
+    original = worldsim.load(tiny_bundle, device="cpu")
+    assert wm.vae.fingerprint() == VAE.from_checkpoint(tmp_path / "refit").fingerprint()
+    assert wm.vae.fingerprint() != original.vae.fingerprint()
+    frames = wm.start_frames[:1]
+    assert _torch.equal(wm.encode(frames), original.encode(frames))
+    assert not _torch.equal(wm.decode(wm.encode(frames)), original.decode(original.encode(frames)))
+    other = VAE(original.vae.cfg)  # a fresh encoder: another latent space
+    other.save(tmp_path / "other")
+    with pytest.raises(CheckpointError, match="trained on latents of VAE"):
+        build_bundle(tmp_path / "c", vae_checkpoint=tmp_path / "other", **parts)
+
+
 def test_reencoding_continues_from_the_vae_round_trip(tiny_bundle, tmp_path):
     """With re-encoding a step returns the VAE round trip of the latent it would sample
     without it (same noise), the rollout continues from that latent, and the bundle records

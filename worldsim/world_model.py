@@ -186,7 +186,8 @@ class WorldModel:
             raise CheckpointError(f"{path}/config.json is not a {BUNDLE_FORMAT} "
                                   f"(format={config.get('format')!r})")
         vae = VAE.from_checkpoint(path / "vae", device=device)
-        dynamics, dyn_meta = load_dynamics(path / "dynamics", device=device)
+        dynamics, dyn_meta = load_dynamics(path / "dynamics", device=device,
+                                           vae_fingerprint=vae.latent_fingerprint())
         if dyn_meta["action_space"] != config["action_space"]:
             raise CheckpointError(f"{path}/dynamics was trained for another action space than "
                                   f"the bundle declares")
@@ -200,13 +201,13 @@ class WorldModel:
 
             reward_model, _ = load_reward_model(path / "reward", device=device,
                                                 action_space=config["action_space"],
-                                                vae_fingerprint=vae.fingerprint())
+                                                vae_fingerprint=vae.latent_fingerprint())
         refiner = None
         if (path / "refiner").is_dir():
             from worldsim.models.refiner import load_refiner
 
             refiner, _ = load_refiner(path / "refiner", device=device,
-                                      vae_fingerprint=vae.fingerprint())
+                                      vae_fingerprint=vae.latent_fingerprint())
         ctx = tensors["start_contexts"]
         frames = ctx["frames"].numpy()
         actions = {k[len("actions."):]: v.numpy() for k, v in ctx.items()
@@ -453,7 +454,8 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
 
     store = EpisodeStore(data)
     vae = VAE.from_checkpoint(vae_checkpoint)
-    dynamics, dyn_meta = load_dynamics(dynamics_checkpoint)
+    dynamics, dyn_meta = load_dynamics(dynamics_checkpoint,
+                                       vae_fingerprint=vae.latent_fingerprint())
     if dyn_meta["action_space"] != space_to_json(store.action_space):
         raise CheckpointError(f"{dynamics_checkpoint} was trained for another action space "
                               f"than the dataset {data} holds")
@@ -493,7 +495,7 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
 
         reward_model, reward_meta = load_reward_model(
             reward_checkpoint, action_space=dyn_meta["action_space"],
-            vae_fingerprint=vae.fingerprint())
+            vae_fingerprint=vae.latent_fingerprint())
         parts["reward"] = _bundle_part(reward_meta, reward_model)
         achievements = tuple(reward_model.config.achievements)
     else:
@@ -502,7 +504,7 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
         from worldsim.models.refiner import load_refiner
 
         refiner, refiner_meta = load_refiner(refiner_checkpoint,
-                                             vae_fingerprint=vae.fingerprint())
+                                             vae_fingerprint=vae.latent_fingerprint())
         parts["refiner"] = _bundle_part(refiner_meta, refiner)
     rng = np.random.default_rng(seed)
     names = [n for n in store.split("val") if store.length(n) + 1 >= context_frames]
@@ -539,7 +541,7 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
             # The path as given: a bundle is shared, and this machine's layout is not its own.
             "data": {"path": str(data), "episodes": len(store),
                      "frames": store.num_frames, "start_context_seed": seed},
-            "vae_fingerprint": vae.fingerprint(),
+            "vae_fingerprint": vae.latent_fingerprint(),
             "versions": versions(),
             "metrics": dyn_meta.get("metrics", {}) if metrics is None else metrics,
         }

@@ -21,6 +21,12 @@ Architecture (all convolutional, so any H, W divisible by the factor works):
            full resolution, which is where a small decoder spends most of its time.
 `channels` lists the widths of the levels from the highest resolution to the latent
 level; whatever part of the factor the levels do not cover is the stem's s.
+
+The latent space: every model downstream (dynamics, reward model, frame refiner, the latent
+cache) is trained on the encoder's latents, so it is bound to `latent_fingerprint()`. A VAE
+whose decoder was refitted with the encoder and statistics kept (`worldsim train vae
+--init-from VAE --decoder-only`) records the latent space it keeps (`latent_space`) and stays
+interchangeable with the VAE it came from; loading checks that its encoder still is that one.
 """
 
 from __future__ import annotations
@@ -185,6 +191,9 @@ class VAE(nn.Module):
         # Identity until `calibrate()` measures the training data; saved with the weights.
         self.register_buffer("latent_shift", torch.zeros(C))
         self.register_buffer("latent_scale", torch.ones(C))
+        # The latent fingerprint of the VAE whose encoder and latent statistics this one kept
+        # when its decoder was refitted; None: the latent space is its own.
+        self.latent_space: str | None = None
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -297,11 +306,28 @@ class VAE(nn.Module):
 
         return tensors_fingerprint(self.state_dict())
 
+    def encoder_fingerprint(self) -> str:
+        """SHA-256 (hex) of what maps frames to latents: the encoder's weights and the latent
+        statistics (everything but the decoder)."""
+        from worldsim.training.checkpoint import tensors_fingerprint
+
+        return tensors_fingerprint({k: v for k, v in self.state_dict().items()
+                                    if not k.startswith("decoder.")})
+
+    def latent_fingerprint(self) -> str:
+        """The name of the latent space, which models trained on these latents record: the
+        VAE's own fingerprint, or, for a refitted decoder, that of the VAE it came from."""
+        return self.latent_space or self.fingerprint()
+
     def describe(self) -> dict[str, Any]:
         """The JSON description saved beside the weights."""
-        return {"kind": "vae", "vae": dataclasses.asdict(self.cfg),
-                "latent_shift": self.latent_shift.tolist(),
-                "latent_scale": self.latent_scale.tolist()}
+        out = {"kind": "vae", "vae": dataclasses.asdict(self.cfg),
+               "latent_shift": self.latent_shift.tolist(),
+               "latent_scale": self.latent_scale.tolist()}
+        if self.latent_space is not None:
+            out["latent_space"] = {"fingerprint": self.latent_space,
+                                   "encoder": self.encoder_fingerprint()}
+        return out
 
     def save(self, directory: str | os.PathLike, metrics: dict | None = None,
              extra: dict | None = None) -> Path:
@@ -327,6 +353,17 @@ class VAE(nn.Module):
         cfg = dataclass_from_dict(VAEConfig, meta["vae"], f"vae config in {directory}")
         vae = cls(cfg)
         load_state_dict_strict(vae, tensors, f"{directory}/{group}.safetensors")
+        if "latent_space" in meta:
+            from worldsim.training.checkpoint import CheckpointError
+
+            kept = meta["latent_space"]
+            if kept.get("encoder") != vae.encoder_fingerprint():
+                raise CheckpointError(
+                    f"{directory} says it keeps the encoder of VAE {kept.get('fingerprint')}, "
+                    f"but its encoder weights or latent statistics differ from the ones "
+                    f"recorded ({vae.encoder_fingerprint()[:16]} vs "
+                    f"{str(kept.get('encoder'))[:16]})")
+            vae.latent_space = kept["fingerprint"]
         vae.source = str(directory)
         return vae.to(device or "cpu").eval()
 

@@ -5,9 +5,10 @@ training never runs the encoder again.
 
 For every episode it writes DATASET/latents/<tag>/<episode>.npy, float16 (T+1, C, h, w),
 the VAE's scaled latents (posterior means, unit variance per channel), through
-`EpisodeStore.write_latents` (atomic). <tag> is the first 12 hex digits of the VAE's weight
-fingerprint (`VAE.fingerprint()`), so two VAEs never share a cache and retraining a VAE
-never silently reuses stale latents. DATASET/latents/<tag>/vae.json describes the VAE
+`EpisodeStore.write_latents` (atomic). <tag> is the first 12 hex digits of the VAE's latent
+fingerprint (`VAE.latent_fingerprint()`: its weight fingerprint, unless only its decoder was
+refitted, which leaves the latents as they were), so two encoders never share a cache and
+retraining a VAE never silently reuses stale latents. DATASET/latents/<tag>/vae.json describes the VAE
 (checkpoint path, fingerprint, latent shape, shift and scale). Episodes already encoded are
 skipped, so an interrupted run resumes where it stopped.
 """
@@ -49,13 +50,13 @@ class EncodeConfig:
 
 def latent_tag(vae: VAE) -> str:
     """The latent cache directory name of `vae`."""
-    return vae.fingerprint()[:TAG_LENGTH]
+    return vae.latent_fingerprint()[:TAG_LENGTH]
 
 
 def vae_description(vae: VAE, path: str | Path, frame_shape: tuple[int, ...]) -> dict:
     """The content of latents/<tag>/vae.json."""
     H, W = frame_shape[:2]
-    return {"path": str(Path(path).resolve()), "fingerprint": vae.fingerprint(),
+    return {"path": str(Path(path).resolve()), "fingerprint": vae.latent_fingerprint(),
             "tag": latent_tag(vae), "latent_shape": list(vae.latent_shape(H, W)),
             "dtype": "float16", **vae.describe()}
 

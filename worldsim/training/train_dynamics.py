@@ -233,7 +233,7 @@ class DynamicsTask(TrainingTask):
         from worldsim.world_model import load_dynamics
 
         try:
-            model, _ = load_dynamics(source, vae_fingerprint=self.vae.fingerprint())
+            model, _ = load_dynamics(source, vae_fingerprint=self.vae.latent_fingerprint())
         except CheckpointError as e:
             raise CheckpointError(f"cannot fine-tune {source}: {e}") from e
         if space_to_json(model.action_space) != space_to_json(self.store.action_space):
@@ -300,7 +300,7 @@ class DynamicsTask(TrainingTask):
                     if getattr(c, k) != default}
         return {"dynamics": self.dynamics_config.to_dict(), "window": self.window, **fine_tuning,
                 **emphasis,
-                "vae_fingerprint": self.vae.fingerprint(), "latent_tag": self.tag,
+                "vae_fingerprint": self.vae.latent_fingerprint(), "latent_tag": self.tag,
                 "eval_windows": c.eval_windows, "eval_horizon": c.eval_horizon,
                 "eval_context": c.eval_context}
 

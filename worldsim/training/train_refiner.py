@@ -133,7 +133,7 @@ class RefinerTask(TrainingTask):
         c = self.cfg
         return {"context": c.context, "sampling_steps": self.num_steps, "pool": c.pool,
                 "val_pool": c.val_pool, "bundle": str(Path(c.checkpoint).resolve()),
-                "vae_fingerprint": self.wm.vae.fingerprint()}
+                "vae_fingerprint": self.wm.vae.latent_fingerprint()}
 
     def data_info(self) -> dict[str, Any]:
         s = self.store
@@ -143,7 +143,7 @@ class RefinerTask(TrainingTask):
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         return {"kind": self.kind, "refiner": self.model_config.to_dict(),
-                "vae_fingerprint": self.wm.vae.fingerprint()}
+                "vae_fingerprint": self.wm.vae.latent_fingerprint()}
 
     # ------------------------------------------------------------------ pools
     def _sample_pool(self, split: str, size: int, seed: int) -> dict[str, torch.Tensor]:

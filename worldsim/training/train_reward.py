@@ -108,7 +108,7 @@ class RewardTask(TrainingTask):
         self.vae = VAE.from_checkpoint(_vae_path(Path(cfg.vae)), device=self.device)
         self.tag = ensure_latents(self.vae, self.store, cfg.vae, is_main)
         self.dynamics = None if cfg.dynamics is None else load_dynamics(
-            cfg.dynamics, device=self.device, vae_fingerprint=self.vae.fingerprint())[0]
+            cfg.dynamics, device=self.device, vae_fingerprint=self.vae.latent_fingerprint())[0]
         length = cfg.context + 1 if self.dynamics is not None else 2
         self.train_set = WindowDataset(self.store, "train", length=length, latents=self.tag)
         self.val_set = WindowDataset(self.store, "val", length=length, latents=self.tag)
@@ -162,7 +162,7 @@ class RewardTask(TrainingTask):
         return {"reward_model": self.model_config.to_dict(), "event_share": c.event_share,
                 "dynamics": None if c.dynamics is None else str(Path(c.dynamics).resolve()),
                 "predicted_share": c.predicted_share, "sampling_steps": c.sampling_steps,
-                "context": c.context, "vae_fingerprint": self.vae.fingerprint()}
+                "context": c.context, "vae_fingerprint": self.vae.latent_fingerprint()}
 
     def data_info(self) -> dict[str, Any]:
         s = self.store
@@ -175,7 +175,7 @@ class RewardTask(TrainingTask):
         return {"kind": self.kind, "reward_model": self.model_config.to_dict(),
                 "action_space": space_to_json(self.store.action_space),
                 "observation_space": space_to_json(self.store.observation_space),
-                "env_id": self.store.env_id, "vae_fingerprint": self.vae.fingerprint()}
+                "env_id": self.store.env_id, "vae_fingerprint": self.vae.latent_fingerprint()}
 
     # ------------------------------------------------------------------ batches
     def _sampled_next(self, dataset: WindowDataset, index: np.ndarray, seed: int,
