@@ -186,8 +186,9 @@ class WorldModel:
             raise CheckpointError(f"{path}/config.json is not a {BUNDLE_FORMAT} "
                                   f"(format={config.get('format')!r})")
         vae = VAE.from_checkpoint(path / "vae", device=device)
+        latent_space = vae.latent_fingerprint()  # what every part must have been trained on
         dynamics, dyn_meta = load_dynamics(path / "dynamics", device=device,
-                                           vae_fingerprint=vae.latent_fingerprint())
+                                           vae_fingerprint=latent_space)
         if dyn_meta["action_space"] != config["action_space"]:
             raise CheckpointError(f"{path}/dynamics was trained for another action space than "
                                   f"the bundle declares")
@@ -201,13 +202,13 @@ class WorldModel:
 
             reward_model, _ = load_reward_model(path / "reward", device=device,
                                                 action_space=config["action_space"],
-                                                vae_fingerprint=vae.latent_fingerprint())
+                                                vae_fingerprint=latent_space)
         refiner = None
         if (path / "refiner").is_dir():
             from worldsim.models.refiner import load_refiner
 
             refiner, _ = load_refiner(path / "refiner", device=device,
-                                      vae_fingerprint=vae.latent_fingerprint())
+                                      vae_fingerprint=latent_space)
         ctx = tensors["start_contexts"]
         frames = ctx["frames"].numpy()
         actions = {k[len("actions."):]: v.numpy() for k, v in ctx.items()
@@ -454,8 +455,8 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
 
     store = EpisodeStore(data)
     vae = VAE.from_checkpoint(vae_checkpoint)
-    dynamics, dyn_meta = load_dynamics(dynamics_checkpoint,
-                                       vae_fingerprint=vae.latent_fingerprint())
+    latent_space = vae.latent_fingerprint()  # what every part must have been trained on
+    dynamics, dyn_meta = load_dynamics(dynamics_checkpoint, vae_fingerprint=latent_space)
     if dyn_meta["action_space"] != space_to_json(store.action_space):
         raise CheckpointError(f"{dynamics_checkpoint} was trained for another action space "
                               f"than the dataset {data} holds")
@@ -495,7 +496,7 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
 
         reward_model, reward_meta = load_reward_model(
             reward_checkpoint, action_space=dyn_meta["action_space"],
-            vae_fingerprint=vae.latent_fingerprint())
+            vae_fingerprint=latent_space)
         parts["reward"] = _bundle_part(reward_meta, reward_model)
         achievements = tuple(reward_model.config.achievements)
     else:
@@ -503,8 +504,7 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
     if refiner_checkpoint is not None:
         from worldsim.models.refiner import load_refiner
 
-        refiner, refiner_meta = load_refiner(refiner_checkpoint,
-                                             vae_fingerprint=vae.latent_fingerprint())
+        refiner, refiner_meta = load_refiner(refiner_checkpoint, vae_fingerprint=latent_space)
         parts["refiner"] = _bundle_part(refiner_meta, refiner)
     rng = np.random.default_rng(seed)
     names = [n for n in store.split("val") if store.length(n) + 1 >= context_frames]
@@ -541,7 +541,7 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
             # The path as given: a bundle is shared, and this machine's layout is not its own.
             "data": {"path": str(data), "episodes": len(store),
                      "frames": store.num_frames, "start_context_seed": seed},
-            "vae_fingerprint": vae.latent_fingerprint(),
+            "vae_fingerprint": latent_space,
             "versions": versions(),
             "metrics": dyn_meta.get("metrics", {}) if metrics is None else metrics,
         }

@@ -239,7 +239,11 @@ class VAETask(TrainingTask):
             kl = posterior.kl().float().mean()
         err = recon.float() - x
         l1, l2 = err.abs().mean(), err.pow(2).mean()
-        total = w.l1 * l1 + w.l2 * l2 + w.kl * kl
+
+        def pixel(l1: torch.Tensor, l2: torch.Tensor) -> torch.Tensor:
+            return w.l1 * l1 + w.l2 * l2
+
+        total = pixel(l1, l2) + w.kl * kl
         scalars = {"l1": l1.item(), "l2": l2.item(), "kl": kl.item(),
                    # PSNR of [0, 1] images from the MSE of [-1, 1] images (range 2)
                    "psnr": float(10 * np.log10(4.0 / max(l2.item(), 1e-10)))}
@@ -259,8 +263,8 @@ class VAETask(TrainingTask):
                 if trip + 1 < self.cfg.round_trips:
                     recon = vae.decode(back)
                     later = recon.float() - x
-                    total = total + (w.l1 * later.abs().mean() + w.l2 * later.pow(2).mean()
-                                     ) / self.cfg.round_trips
+                    total = total + pixel(later.abs().mean(), later.pow(2).mean()
+                                          ) / self.cfg.round_trips
             round_trip = torch.stack(trips).mean()
             total = total + w.round_trip * round_trip
             scalars["round_trip"] = round_trip.item()
