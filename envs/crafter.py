@@ -17,6 +17,8 @@ from envs.window import HumanWindow
 
 # The largest world seed crafter's own generator accepts (it reduces seeds modulo this).
 _MAX_WORLD_SEED = 2**31 - 1
+# Steps per crafter day (its Env._update_time: daylight = 1 - |cos(pi (step / 300 + 0.3))|^3).
+DAY_LENGTH = 300
 
 
 def _as_hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -101,13 +103,27 @@ class CrafterEnv(gym.Env):
     `size`: frame size, int or (height, width). `render_mode`: None, "rgb_array" (the
     observation) or "human" (a pygame window of `window_size` pixels). `area`, `view`: crafter's
     world size and view in tiles. `reward`: False makes every reward 0.0.
+    `start_clock`: crafter's step counter at reset, which sets the time of day (a day lasts
+    `DAY_LENGTH` = 300 steps and is darkest at step 210, 510, ...): 0 as in crafter, another
+    int, or "random" for one drawn uniformly over a day at every reset (from the env's RNG,
+    after the world seed, so the worlds stay those of the same seed at 0). Only the clock
+    moves: the player starts as always. Crafter episodes all start in the morning and an agent
+    that plays at random seldom lives to the next one (its median episode in the shipped data
+    lasts 178 steps), so its recordings hold dusk and night but hardly a dawn; a random clock
+    records every hour of the day under the same rules. The reset info holds `start_clock`.
     """
 
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 15}
 
     def __init__(self, size: int | tuple[int, int] = 64, render_mode: str | None = None,
                  area: tuple[int, int] = (64, 64), view: tuple[int, int] = (9, 9),
-                 reward: bool = True, window_size: int | tuple[int, int] = 512):
+                 reward: bool = True, window_size: int | tuple[int, int] = 512,
+                 start_clock: int | str = 0):
+        if not (start_clock == "random" or isinstance(start_clock, int | np.integer)
+                and not isinstance(start_clock, bool) and start_clock >= 0):
+            raise ValueError(f"start_clock must be a step count >= 0 or 'random', got "
+                             f"{start_clock!r}")
+        self.start_clock = start_clock
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or "
                              f"None, not {render_mode!r}")
@@ -143,9 +159,16 @@ class CrafterEnv(gym.Env):
         self._game._seed = world_seed
         self._game._episode = 0
         obs = np.asarray(self._game.reset(), dtype=np.uint8)
+        clock = (int(self.np_random.integers(0, DAY_LENGTH)) if self.start_clock == "random"
+                 else int(self.start_clock))
+        if clock:
+            self._game._step = clock
+            self._game._update_time()  # the daylight of that hour (crafter's Env._update_time)
+            obs = np.asarray(self._game.render(), dtype=np.uint8)
         self._last_obs = obs
         info = self._info()
         info["world_seed"] = world_seed
+        info["start_clock"] = clock
         if self.render_mode == "human":
             self.render()
         return obs.copy(), info

@@ -169,3 +169,36 @@ def test_render_modes_do_not_change_the_game():
             break
     assert darkest < 0.3  # the night noise was drawn
     human.close()
+
+
+def test_start_clock_sets_the_time_of_day_and_nothing_else():
+    from envs.crafter import DAY_LENGTH
+
+    def daylight(step):  # crafter's Env._update_time
+        return 1 - abs(np.cos(np.pi * ((step / DAY_LENGTH) % 1 + 0.3))) ** 3
+
+    morning, night = gym.make("worldsim/Crafter-v0"), gym.make("worldsim/Crafter-v0",
+                                                                start_clock=210)
+    _, info_m = morning.reset(seed=7)
+    dark, info_n = night.reset(seed=7)
+    assert info_m["world_seed"] == info_n["world_seed"]  # the same world
+    assert (info_m["start_clock"], info_n["start_clock"]) == (0, 210)
+    assert night.unwrapped._game._world.daylight == pytest.approx(daylight(210), abs=1e-9)
+    assert info_n["inventory"] == info_m["inventory"]  # the player starts as always
+    for _ in range(3):
+        dark, *_ = night.step(0)
+    assert night.unwrapped._game._world.daylight == pytest.approx(daylight(213), abs=1e-9)
+    # the same place drawn at night: darker
+    assert dark.mean() < morning.step(0)[0].mean() - 3
+
+    clocks = gym.make("worldsim/Crafter-v0", start_clock="random")
+    drawn = [clocks.reset(seed=7)[1]] + [clocks.reset()[1] for _ in range(5)]
+    assert drawn[0]["world_seed"] == info_m["world_seed"]  # drawn after the world seed
+    values = [i["start_clock"] for i in drawn]
+    assert all(0 <= v < DAY_LENGTH for v in values) and len(set(values)) > 1
+    again = gym.make("worldsim/Crafter-v0", start_clock="random")
+    assert [again.reset(seed=7)[1]["start_clock"]] + [again.reset()[1]["start_clock"]
+                                                      for _ in range(5)] == values
+    for bad in (-1, "noon", 1.5, True):
+        with pytest.raises(ValueError, match="start_clock"):
+            CrafterEnv(start_clock=bad)
