@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from worldsim.training.checkpoint import (
     flatten_optimizer_state,
     load_checkpoint,
     load_state_dict_strict,
+    recorded_path,
     save_checkpoint,
     tensors_fingerprint,
     unflatten_optimizer_state,
@@ -148,3 +150,14 @@ def test_optimizer_state_survives_flattening():
         m(x).pow(2).mean().backward()
         o.step()
     assert tensors_fingerprint(model.state_dict()) == tensors_fingerprint(copy.state_dict())
+
+
+def test_recorded_paths_name_no_machine_directory_inside_the_checkout(tmp_path, monkeypatch):
+    inside = tmp_path / "work"
+    (inside / "runs" / "vae").mkdir(parents=True)
+    monkeypatch.chdir(inside)
+    assert recorded_path("runs/vae") == str(Path("runs/vae"))
+    assert recorded_path(inside / "runs" / "vae") == str(Path("runs/vae"))
+    assert recorded_path("runs/../runs/vae") == str(Path("runs/vae"))
+    outside = tmp_path / "elsewhere"
+    assert recorded_path(outside) == str(outside.resolve())

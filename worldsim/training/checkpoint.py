@@ -85,6 +85,17 @@ def atomic_directory(directory: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def recorded_path(path: str | os.PathLike) -> str:
+    """A path as a config records where its inputs came from: relative to the working
+    directory when it lies inside it (so a model shipped from a checkout names no machine's
+    directories), else absolute."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)

@@ -25,6 +25,7 @@ import torch
 from worldsim.data.store import EpisodeStore, write_json_atomic
 from worldsim.models.vae import VAE
 from worldsim.runtime import autocast, configure
+from worldsim.training.checkpoint import recorded_path
 
 TAG_LENGTH = 12
 
@@ -56,7 +57,7 @@ def latent_tag(vae: VAE) -> str:
 def vae_description(vae: VAE, path: str | Path, frame_shape: tuple[int, ...]) -> dict:
     """The content of latents/<tag>/vae.json."""
     H, W = frame_shape[:2]
-    return {"path": str(Path(path).resolve()), "fingerprint": vae.latent_fingerprint(),
+    return {"path": recorded_path(path), "fingerprint": vae.latent_fingerprint(),
             "tag": latent_tag(vae), "latent_shape": list(vae.latent_shape(H, W)),
             "dtype": "float16", **vae.describe()}
 

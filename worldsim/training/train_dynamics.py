@@ -43,7 +43,7 @@ from worldsim.models.dynamics import (
 from worldsim.models.vae import VAE
 from worldsim.runtime import autocast
 from worldsim.spaces import space_to_json
-from worldsim.training.checkpoint import dataset_fingerprint
+from worldsim.training.checkpoint import dataset_fingerprint, recorded_path
 from worldsim.training.encode import ensure_latents
 from worldsim.training.loop import TrainConfig, TrainingTask, setup, train
 
@@ -306,7 +306,7 @@ class DynamicsTask(TrainingTask):
 
     def data_info(self) -> dict[str, Any]:
         s = self.store
-        return {"path": str(Path(self.cfg.data).resolve()), "env_id": s.env_id,
+        return {"path": recorded_path(self.cfg.data), "env_id": s.env_id,
                 "fingerprint": dataset_fingerprint(s), "episodes": len(s),
                 "frames": s.num_frames, "train_windows": len(self.train_set),
                 "train_episodes": len(self.train_set.names),
@@ -316,7 +316,7 @@ class DynamicsTask(TrainingTask):
         return {"kind": self.kind, "dynamics": self.dynamics_config.to_dict(),
                 "action_space": space_to_json(self.store.action_space),
                 "observation_space": space_to_json(self.store.observation_space),
-                "env_id": self.store.env_id, "vae_path": str(Path(self.cfg.vae).resolve())}
+                "env_id": self.store.env_id, "vae_path": recorded_path(self.cfg.vae)}
 
     # ------------------------------------------------------------------ training
     def sample_batch(self, rng: np.random.Generator, batch_size: int) -> dict[str, Any]:

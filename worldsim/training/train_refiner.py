@@ -35,6 +35,7 @@ from worldsim.training.checkpoint import (
     CheckpointError,
     dataset_fingerprint,
     load_checkpoint,
+    recorded_path,
     save_checkpoint,
 )
 from worldsim.training.encode import ensure_latents
@@ -132,12 +133,12 @@ class RefinerTask(TrainingTask):
         """The settings the sampled pools depend on."""
         c = self.cfg
         return {"context": c.context, "sampling_steps": self.num_steps, "pool": c.pool,
-                "val_pool": c.val_pool, "bundle": str(Path(c.checkpoint).resolve()),
+                "val_pool": c.val_pool, "bundle": recorded_path(c.checkpoint),
                 "vae_fingerprint": self.wm.vae.latent_fingerprint()}
 
     def data_info(self) -> dict[str, Any]:
         s = self.store
-        return {"path": str(Path(self.cfg.data).resolve()), "env_id": s.env_id,
+        return {"path": recorded_path(self.cfg.data), "env_id": s.env_id,
                 "fingerprint": dataset_fingerprint(s), "episodes": len(s),
                 "frames": s.num_frames}
 

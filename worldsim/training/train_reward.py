@@ -40,7 +40,7 @@ from worldsim.models.reward_model import (
 from worldsim.models.vae import VAE
 from worldsim.runtime import autocast
 from worldsim.spaces import space_to_json
-from worldsim.training.checkpoint import dataset_fingerprint
+from worldsim.training.checkpoint import dataset_fingerprint, recorded_path
 from worldsim.training.encode import ensure_latents
 from worldsim.training.loop import TrainConfig, TrainingTask, setup, train
 from worldsim.world_model import load_dynamics
@@ -160,13 +160,13 @@ class RewardTask(TrainingTask):
     def config(self) -> dict[str, Any]:
         c = self.cfg
         return {"reward_model": self.model_config.to_dict(), "event_share": c.event_share,
-                "dynamics": None if c.dynamics is None else str(Path(c.dynamics).resolve()),
+                "dynamics": None if c.dynamics is None else recorded_path(c.dynamics),
                 "predicted_share": c.predicted_share, "sampling_steps": c.sampling_steps,
                 "context": c.context, "vae_fingerprint": self.vae.latent_fingerprint()}
 
     def data_info(self) -> dict[str, Any]:
         s = self.store
-        return {"path": str(Path(self.cfg.data).resolve()), "env_id": s.env_id,
+        return {"path": recorded_path(self.cfg.data), "env_id": s.env_id,
                 "fingerprint": dataset_fingerprint(s), "episodes": len(s),
                 "frames": s.num_frames, "train_transitions": len(self.train_set),
                 "train_events": len(self.train_events)}

@@ -54,7 +54,7 @@ from worldsim.data.store import EpisodeStore, WindowDataset
 from worldsim.evaluation.metrics import frame_metrics
 from worldsim.models.vae import VAE, VAEConfig
 from worldsim.runtime import autocast
-from worldsim.training.checkpoint import dataset_fingerprint
+from worldsim.training.checkpoint import dataset_fingerprint, recorded_path
 from worldsim.training.loop import TrainConfig, TrainingTask, setup, train
 
 
@@ -205,7 +205,7 @@ class VAETask(TrainingTask):
 
     def data_info(self) -> dict[str, Any]:
         s = self.store
-        return {"path": str(Path(self.cfg.data).resolve()), "env_id": s.env_id,
+        return {"path": recorded_path(self.cfg.data), "env_id": s.env_id,
                 "fingerprint": dataset_fingerprint(s), "episodes": len(s),
                 "frames": s.num_frames, "train_episodes": len(self.train_set.names),
                 "val_episodes": len(self.val_set.names), "frame_shape": list(s.frame_shape())}
