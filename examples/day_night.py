@@ -39,6 +39,10 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="worldsim/assets/crafter-default")
     parser.add_argument("--data", default="data/crafter-heldout",
                         help="a Crafter dataset: its validation episodes start the dreams")
+    parser.add_argument("--reference", nargs="*", default=[],
+                        help="more Crafter datasets whose frames join the recorded column at "
+                             "their game clock (e.g. play collected with --env-kwargs "
+                             "'{\"start_clock\": \"random\"}', which holds every hour)")
     parser.add_argument("--steps", type=int, default=900, help="dream steps")
     parser.add_argument("--dreams", type=int, default=8)
     parser.add_argument("--window", type=int, default=30, help="game steps per printed row")
@@ -54,18 +58,22 @@ def main() -> None:
     feedback = None if args.feedback is None else args.feedback == "true"
     store = EpisodeStore(args.data)
     K = wm.context_frames
-    # The recorded frames' grey level at every game step, over every episode.
+    # The recorded frames' grey level at every game step (the clock: an episode's step plus
+    # the clock it started at), over every episode.
     recorded: dict[int, list[float]] = {}
     starts = []
-    for split in ("val", "train"):
-        for name in store.split(split):
-            if store.length(name) == 0:
-                continue
-            episode = store.load(name)
-            for t, value in enumerate(grey_levels(episode.frames).mean(axis=(1, 2))):
-                recorded.setdefault(t, []).append(float(value))
-            if split == "val" and len(starts) < args.dreams and episode.length >= K:
-                starts.append(episode)
+    for source in (store, *(EpisodeStore(path) for path in args.reference)):
+        for split in ("val", "train"):
+            for name in source.split(split):
+                if source.length(name) == 0:
+                    continue
+                episode = source.load(name)
+                clock = int(episode.info.get("start_clock", 0))
+                for t, value in enumerate(grey_levels(episode.frames).mean(axis=(1, 2))):
+                    recorded.setdefault(clock + t, []).append(float(value))
+                if (source is store and split == "val" and len(starts) < args.dreams
+                        and episode.length >= K and clock == 0):
+                    starts.append(episode)
     if not starts:
         raise SystemExit(f"{args.data} has no validation episode of {K} frames or more")
     frames = np.stack([e.frames[:K] for e in starts])  # (N, K, H, W, 3): game steps 0..K-1

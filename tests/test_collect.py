@@ -51,6 +51,7 @@ def test_cli_collects_crafter(tmp_path):
         assert not (ep.terminated[:-1] | ep.truncated[:-1]).any()  # and only at its end
         assert ep.info["seed"] == episode_seed(3, 0, ep.info["episode_index"])
         assert ep.info["policy"] == "sticky" and "world_seed" in ep.info
+        assert ep.info["start_clock"] == 0  # Crafter's own clock
         assert isinstance(ep.info["achievements"], list)
         assert ep.info["return"] == pytest.approx(float(ep.rewards.sum()), abs=1e-5)
     # the step budget cut the last episode: 25 + 25 + 10 transitions
@@ -254,3 +255,19 @@ def test_unknown_policy_lists_known_and_factories_load():
         assert make_policy("always-zero-test", spaces.Discrete(3), 2).act(None, rng) == [0, 0]
     finally:
         POLICIES.pop("always-zero-test")
+
+
+def test_collect_at_random_hours_records_each_start_clock_and_replays(tmp_path):
+    from worldsim.data.achievements import label_achievements
+
+    out = tmp_path / "d"
+    proc = run_cli("--out", str(out), "--steps", "40", "--seed", "5", "--size", "32",
+                   "--max-episode-steps", "10", "--no-progress",
+                   "--env-kwargs", '{"start_clock": "random"}')
+    assert proc.returncode == 0, proc.stderr
+    store, eps = episodes_of(out)
+    clocks = [ep.info["start_clock"] for ep in eps]
+    assert all(0 <= c < 300 for c in clocks) and len(set(clocks)) > 1
+    # the real game replays each episode from its seed alone (the clock is drawn from it)
+    counts = label_achievements(out, progress=False)
+    assert counts["failed"] == 0 and counts["labelled"] == len(eps)

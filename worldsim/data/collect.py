@@ -203,8 +203,9 @@ def _finish(buf: _EpisodeBuffer, action_space: spaces.Space, job: _Job, cut: boo
         "return": float(rewards.sum()), "terminated": bool(terminated[-1]),
         "truncated": bool(truncated[-1]),
     }
-    if "world_seed" in buf.reset_info:
-        info["world_seed"] = int(buf.reset_info["world_seed"])
+    for key in ("world_seed", "start_clock"):  # what a replay or an analysis needs
+        if key in buf.reset_info:
+            info[key] = int(buf.reset_info[key])
     achievements = buf.last_info.get("achievements")
     if isinstance(achievements, dict):
         info["achievements"] = sorted(k for k, v in achievements.items() if v > 0)
