@@ -21,6 +21,13 @@ _MAX_WORLD_SEED = 2**31 - 1
 DAY_LENGTH = 300
 
 
+def daylight(step: np.ndarray | int) -> np.ndarray:
+    """Crafter's daylight at game step `step` (crafter.Env._update_time): 1 at noon, 0 at
+    its darkest (step 210, 510, ...)."""
+    progress = (np.asarray(step) / DAY_LENGTH) % 1 + 0.3
+    return 1 - np.abs(np.cos(np.pi * progress)) ** 3
+
+
 def _as_hw(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     """An image size given as one int (square) or (height, width)."""
     if isinstance(size, (int, np.integer)):

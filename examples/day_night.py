@@ -23,14 +23,9 @@ import numpy as np
 import torch
 
 
-def crafter_daylight(step: np.ndarray | int) -> np.ndarray:
-    """Crafter's daylight at game step `step` (crafter.Env._update_time)."""
-    progress = (np.asarray(step) / 300) % 1 + 0.3
-    return 1 - np.abs(np.cos(np.pi * progress)) ** 3
-
-
 def main() -> None:
     import worldsim
+    from envs.crafter import daylight
     from worldsim.data.store import EpisodeStore
     from worldsim.evaluation.fidelity import grey_levels, stability, stability_reference
     from worldsim.evaluation.report import action_names_of
@@ -89,7 +84,7 @@ def main() -> None:
         steps = np.arange(K + k0, K + min(k0 + args.window, args.steps))
         real = [v for t in steps for v in recorded.get(int(t), [])]
         rows.append({"game_steps": [int(steps[0]), int(steps[-1])],
-                     "daylight": round(float(crafter_daylight(steps).mean()), 2),
+                     "daylight": round(float(daylight(steps).mean()), 2),
                      "dream_grey": round(float(dream[:, k0:k0 + args.window].mean()), 1),
                      "recorded_grey": round(float(np.mean(real)), 1) if real else None,
                      "recorded_frames": len(real)})

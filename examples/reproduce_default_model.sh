@@ -31,13 +31,16 @@ worldsim train dynamics --data "$data" --vae "$runs/vae-f4" --out "$runs/dyn-def
 
 # Classifier-free guidance on the action: fine-tune with the action left out of 10% of frames
 # (40 min), so that sampling can push along what the action changes (the bundle's --guidance).
-worldsim train dynamics --data "$data" --vae "$runs/vae-f4" --out "$runs/dyn-guided" \
-    --init-from "$runs/dyn-default" --action-dropout 0.1 \
-    --eval-context 2 --eval-horizon 8 --eval-windows 32 \
-    --train.batch-size 32 --train.lr 3e-4 --train.lr-schedule constant --train.warmup-steps 50 \
-    --train.ema-decay 0.995 --train.steps 100000 --train.time-limit-min 40 \
-    --train.eval-every 400 --train.checkpoint-every-min 5 --train.threads 2 \
-    --bundle-sample-steps 1
+fine_tune_dynamics() {  # DATA OUT INIT MINUTES BUNDLE_STEPS: the settings both fine-tunes share
+    worldsim train dynamics --data "$1" --vae "$runs/vae-f4" --out "$2" \
+        --init-from "$3" --action-dropout 0.1 \
+        --eval-context 2 --eval-horizon 8 --eval-windows 32 \
+        --train.batch-size 32 --train.lr 3e-4 --train.lr-schedule constant \
+        --train.warmup-steps 50 --train.ema-decay 0.995 --train.steps 100000 \
+        --train.time-limit-min "$4" --train.eval-every 400 --train.checkpoint-every-min 5 \
+        --train.threads 2 --bundle-sample-steps "$5"
+}
+fine_tune_dynamics "$data" "$runs/dyn-guided" "$runs/dyn-default" 40 1
 
 # Play at every hour of Crafter's day: 100k steps in which each episode starts the game's clock
 # at a random hour (--env-kwargs start_clock), then a 35-minute fine-tune on it. Random play dies
@@ -47,13 +50,7 @@ worldsim train dynamics --data "$data" --vae "$runs/vae-f4" --out "$runs/dyn-gui
     worldsim collect --env worldsim/Crafter-v0 --steps 100000 --out "$data-clock" --num-envs 4 \
         --workers 2 --seed 1 --env-kwargs '{"start_clock": "random"}'
 worldsim encode --vae "$runs/vae-f4" --data "$data-clock" --batch 256
-worldsim train dynamics --data "$data-clock" --vae "$runs/vae-f4" --out "$runs/dyn-clock" \
-    --init-from "$runs/dyn-guided" --action-dropout 0.1 \
-    --eval-context 2 --eval-horizon 8 --eval-windows 32 \
-    --train.batch-size 32 --train.lr 3e-4 --train.lr-schedule constant --train.warmup-steps 50 \
-    --train.ema-decay 0.995 --train.steps 100000 --train.time-limit-min 35 \
-    --train.eval-every 400 --train.checkpoint-every-min 5 --train.threads 2 \
-    --bundle-sample-steps 2
+fine_tune_dynamics "$data-clock" "$runs/dyn-clock" "$runs/dyn-guided" 35 2
 
 # The companion reward and termination model (7 min): half of each batch sees the next frame
 # as the DiT samples it (1 sampler step, the bundle's default).
