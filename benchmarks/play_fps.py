@@ -142,9 +142,11 @@ def main(argv: list[str] | None = None) -> dict:
         result["dream_side_by_side"] = measure_loop(
             *play_env(real=make_env(cfg.env, size=size), dream=dream), cfg)
         result["dream_default_sampling_steps"] = dream.unwrapped.world_model.num_steps
-        # The same dream under bf16 autocast (`worldsim play --bf16`).
-        result["dream_bf16"] = measure_loop(*play_env(dream=make_dream(cfg.checkpoint,
-                                                                       bf16=True)), cfg)
+        # The same dream under bf16 autocast (`worldsim play --bf16`), and with only the frame
+        # networks in bf16 (`worldsim play --bf16-frames`).
+        for name, bf16 in (("dream_bf16", True), ("dream_bf16_frames", "frames")):
+            result[name] = measure_loop(*play_env(dream=make_dream(cfg.checkpoint, bf16=bf16)),
+                                        cfg)
         for steps in cfg.sampling_steps:
             fewer = make_dream(cfg.checkpoint, num_sampling_steps=steps)
             result[f"dream_steps_{steps}"] = measure_loop(*play_env(dream=fewer), cfg)

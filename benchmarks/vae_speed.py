@@ -1,5 +1,6 @@
 """Frame VAE speed: encode and decode frames/s at batch 1 and 64, fp32 vs bf16 autocast,
-1 vs 2 torch threads, and the frame refiner that a bundle may run after each decode, all in
+1 vs 2 torch threads, weights in PyTorch's default layout vs channels-last (what
+`WorldModel` uses), and the frame refiner that a bundle may run after each decode, all in
 one run (timings on a shared machine drift 10-25% between runs,
 so only compare numbers from the same run).
 
@@ -15,6 +16,7 @@ figure on a busy machine). Without --vae (--refiner) the default `VAEConfig`
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -28,6 +30,8 @@ import torch
 from worldsim.models.refiner import FrameRefiner, load_refiner
 from worldsim.models.vae import VAE, VAEConfig
 from worldsim.runtime import autocast, configure
+
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 @dataclass
@@ -46,6 +50,8 @@ class VAESpeedConfig:
     """Batch sizes to time."""
     threads: tuple[int, ...] = (1, 2)
     """torch thread counts to time."""
+    layouts: tuple[str, ...] = ("contiguous", "channels_last")
+    """Memory formats of the convolution weights to time."""
     repeats: int = 30
     """Timed calls per case at batch 1 (fewer at larger batches, at least 5)."""
     warmup: int = 3
@@ -79,8 +85,10 @@ def run(cfg: VAESpeedConfig) -> dict:
             frames = torch.randint(0, 256, (batch, cfg.height, cfg.width, 3), dtype=torch.uint8)
             latents = torch.randn(batch, C, h, w)
             repeats = max(5, cfg.repeats // max(1, batch // 8))
-            for precision in ("fp32", "bf16"):
+            for layout, precision in itertools.product(cfg.layouts, ("fp32", "bf16")):
                 bf16 = precision == "bf16"
+                for net in (vae, refiner):
+                    net.to(memory_format=MEMORY_FORMATS[layout])
                 ops = {"encode": lambda f=frames: vae.encode_frames(f),
                        "decode": lambda z=latents: vae.decode_frames(z),
                        "refine": lambda f=frames: refiner.refine(f, f, f)}
@@ -90,7 +98,7 @@ def run(cfg: VAESpeedConfig) -> dict:
                             fn()
                     wall, cpu = time_calls(call, repeats, cfg.warmup)
                     results.append({"op": op, "batch": batch, "precision": precision,
-                                    "threads": threads, "ms_per_call": round(wall * 1e3, 3),
+                                    "layout": layout, "threads": threads, "ms_per_call": round(wall * 1e3, 3),
                                     "ms_per_frame": round(wall * 1e3 / batch, 3),
                                     "frames_per_s": round(batch / wall, 1),
                                     "cpu_ms_per_call": round(cpu * 1e3, 3)})

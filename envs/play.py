@@ -826,16 +826,24 @@ class PlayConfig:
     """Classifier-free guidance on the action (default: the bundle's). Higher keeps long dreams
     scrolling but loses the player sooner (docs/DESIGN-NOTES.md, long dreams)."""
     bf16: bool = False
-    """Run the dream's networks under bfloat16 autocast: faster on CPUs with bf16 matrix units
-    (AMX), possibly slower elsewhere (benchmarks/play_fps.py measures both)."""
+    """Run all the dream's networks under bfloat16 autocast: faster at large batches on CPUs
+    with bf16 matrix units (AMX), not at play's batch of 1 (benchmarks/play_fps.py measures)."""
+    bf16_frames: bool = False
+    """Run only the frame networks (VAE, refiner, reward model) under bfloat16 autocast, the
+    DiT in fp32 (the env's bf16="frames")."""
     loop: Annotated[LoopSettings, tyro.conf.OmitArgPrefixes] = field(default_factory=LoopSettings)
     """How the loop runs: pacing, scale, recording, limits."""
+
+    @property
+    def precision(self) -> bool | str:
+        """The dream env's `bf16` setting."""
+        return True if self.bf16 else ("frames" if self.bf16_frames else False)
 
 
 BUNDLED_DREAM_ID = "worldsim/CrafterDream-v0"
 
 
-def make_bundled_dream(num_sampling_steps: int | None = None, bf16: bool = False,
+def make_bundled_dream(num_sampling_steps: int | None = None, bf16: bool | str = False,
                        guidance: float | None = None) -> gym.Env:
     import envs  # noqa: F401
 
@@ -858,9 +866,9 @@ def build(cfg: PlayConfig) -> tuple[Game, str]:
                          "show beside the real game")
     if cfg.checkpoint is not None:
         dream = make_dream(cfg.checkpoint, cfg.dream_env, num_sampling_steps=cfg.sampling_steps,
-                           bf16=cfg.bf16, guidance=cfg.guidance)
+                           bf16=cfg.precision, guidance=cfg.guidance)
     elif cfg.real is None:
-        dream = make_bundled_dream(cfg.sampling_steps, cfg.bf16, cfg.guidance)
+        dream = make_bundled_dream(cfg.sampling_steps, cfg.precision, cfg.guidance)
     real_id = cfg.real
     if real_id is None and cfg.side_by_side:
         real_id = source_env_id(cfg.checkpoint) if cfg.checkpoint is not None else None

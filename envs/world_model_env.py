@@ -28,7 +28,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs.window import HumanWindow
-from worldsim.runtime import autocast
+from worldsim.runtime import autocast, check_bf16
 from worldsim.spaces import stack_actions
 from worldsim.world_model import Rendered, WorldModel
 
@@ -205,7 +205,7 @@ class _Rollouts:
     def __init__(self, wm: WorldModel, batch_size: int, *, obs_mode: str,
                  num_sampling_steps: int | None, sampler: str | None,
                  termination_threshold: float, reward_mode: str, context_frames: int | None,
-                 bf16: bool, guidance: float | None = None):
+                 bf16: bool | str, guidance: float | None = None):
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
         if reward_mode not in REWARD_MODES:
@@ -224,7 +224,7 @@ class _Rollouts:
             raise ValueError(f"context_frames must be in [1, {K}] (the bundle's start contexts "
                              f"hold {K} frames), got {context_frames}")
         self.wm, self.batch_size = wm, batch_size
-        self.obs_mode, self.reward_mode, self.bf16 = obs_mode, reward_mode, bf16
+        self.obs_mode, self.reward_mode, self.bf16 = obs_mode, reward_mode, check_bf16(bf16)
         self.num_sampling_steps, self.sampler = num_sampling_steps, sampler
         self.guidance = guidance
         self.termination_threshold = float(termination_threshold)
@@ -409,7 +409,9 @@ class WorldModelEnv(gym.Env):
     guidance: the classifier-free guidance scale on the action, 1 for none).
     device: "cpu", "cuda", ... (default: CUDA if available). termination_threshold, reward_mode:
     see above. context_frames: how many frames of each shipped start context to use (default
-    all K). bf16: run the networks under bfloat16 autocast.
+    all K). bf16: True runs the networks under bfloat16 autocast; "frames" only the frame
+    networks (VAE, refiner, reward model), with the DiT in fp32: at batch 1 on a CPU with bf16
+    matrix units the fastest (the DiT's few-row matmuls gain nothing from bf16).
     """
 
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": DEFAULT_RENDER_FPS}
@@ -419,7 +421,7 @@ class WorldModelEnv(gym.Env):
                  num_sampling_steps: int | None = None, sampler: str | None = None,
                  device: str | torch.device | None = None, termination_threshold: float = 0.5,
                  reward_mode: str = "mean", context_frames: int | None = None,
-                 bf16: bool = False, window_size: int | tuple[int, int] = 512,
+                 bf16: bool | str = False, window_size: int | tuple[int, int] = 512,
                  guidance: float | None = None):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or "
@@ -587,7 +589,7 @@ class WorldModelVectorEnv(VectorEnv):
                  max_episode_steps: int | None = 1000, num_sampling_steps: int | None = None,
                  sampler: str | None = None, device: str | torch.device | None = None,
                  termination_threshold: float = 0.5, reward_mode: str = "mean",
-                 context_frames: int | None = None, bf16: bool = False,
+                 context_frames: int | None = None, bf16: bool | str = False,
                  tensor_mode: bool = False, guidance: float | None = None):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")

@@ -475,7 +475,9 @@ def test_sampling_steps_and_bf16_reach_the_dream(tiny_bundle):
     assert game.env.dream.unwrapped._sim.num_sampling_steps is None  # the bundle's
     assert not game.env.dream.unwrapped._sim.bf16
     game, _ = build(PlayConfig(checkpoint=tiny_bundle, bf16=True))
-    assert game.env.dream.unwrapped._sim.bf16
+    assert game.env.dream.unwrapped._sim.bf16 is True
+    game, _ = build(PlayConfig(checkpoint=tiny_bundle, bf16_frames=True))
+    assert game.env.dream.unwrapped._sim.bf16 == "frames"
     assert game.env.dream.unwrapped._sim.guidance is None  # the bundle's
     game, _ = build(PlayConfig(checkpoint=tiny_bundle, guidance=2.5))
     assert game.env.dream.unwrapped._sim.guidance == 2.5

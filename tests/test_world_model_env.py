@@ -243,6 +243,29 @@ def test_bf16_autocast_runs_and_is_deterministic(wm):
     assert all(o in env.observation_space for o in first)
 
 
+
+def test_bf16_frames_runs_the_frame_networks_in_bf16_and_the_dit_in_fp32(wm):
+    """bf16="frames": the VAE under bf16 autocast, the DiT outside it; a wrong value names
+    the choices."""
+    seen: dict[str, set] = {"vae": set(), "dit": set()}
+
+    def record(name):
+        return lambda module, args: seen[name].add(torch.is_autocast_enabled("cpu"))
+
+    hooks = [wm.vae.decoder.register_forward_pre_hook(record("vae")),
+             wm.dynamics.dit.register_forward_pre_hook(record("dit"))]
+    try:
+        env = WorldModelEnv(wm, bf16="frames")
+        frames = rollout(env, 2, ACTIONS[:2])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen == {"vae": {True}, "dit": {False}}
+    assert same(frames, rollout(env, 2, ACTIONS[:2]))
+    assert all(o in env.observation_space for o in frames)
+    with pytest.raises(ValueError, match="bf16 must be True, False or 'frames'"):
+        WorldModelEnv(wm, bf16="yes")
+
 def test_standard_wrappers(wm, tmp_path):
     from gymnasium.wrappers import FrameStackObservation, ResizeObservation, TimeLimit
 

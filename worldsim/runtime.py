@@ -3,6 +3,8 @@ the start of a command (never at import)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import os
 
@@ -47,12 +49,44 @@ def configure(threads: int | None = None, malloc: bool = True) -> None:
         tune_malloc()
 
 
-def autocast(device, enabled: bool = True):
-    """bf16 autocast on CPU and CUDA (a no-op context when disabled)."""
-    import contextlib
+# `autocast(device, FRAMES)`: bf16 for the frame networks only (the VAE, the refiner, the
+# reward model: convolutions over whole frames, which bf16 matrix units run faster at any
+# batch), fp32 for the DiT, whose few-row matmuls at batch 1 gain nothing from bf16 on CPU and
+# pay for the casts. The networks that read frames ask `frames_autocast` whether to use it.
+FRAMES = "frames"
+_frames_bf16: contextvars.ContextVar[bool] = contextvars.ContextVar("frames_bf16", default=False)
 
+
+def check_bf16(value) -> bool | str:
+    """A valid `bf16` setting: False (fp32), True (everything under bf16 autocast) or
+    "frames" (the frame networks only, see FRAMES)."""
+    if value is True or value is False or value == FRAMES:
+        return value
+    raise ValueError(f"bf16 must be True, False or {FRAMES!r}, got {value!r}")
+
+
+def autocast(device, enabled: bool | str = True):
+    """bf16 autocast on CPU and CUDA (a no-op context when disabled); `enabled="frames"`: only
+    where `frames_autocast` is asked (the frame networks), the rest stays fp32."""
     import torch
 
+    if check_bf16(enabled) == FRAMES:
+        return _frames_only()
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+@contextlib.contextmanager
+def _frames_only():
+    token = _frames_bf16.set(True)
+    try:
+        yield
+    finally:
+        _frames_bf16.reset(token)
+
+
+def frames_autocast(device):
+    """What a frame network runs under: bf16 autocast inside `autocast(device, "frames")`,
+    else nothing of its own (an enclosing full autocast still applies)."""
+    return autocast(device, _frames_bf16.get())

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from worldsim.runtime import frames_autocast
 from worldsim.spaces import action_keys, space_from_json, space_to_json
 from worldsim.training.checkpoint import CheckpointError  # noqa: F401  (one error class for all)
 
@@ -166,6 +167,11 @@ class WorldModel:
         # bool (N, A): achievements unlocked before each start context's last frame, for a
         # reward model that pays them once (None: unknown, rollouts start with none unlocked)
         self.start_unlocked = start_unlocked
+        # The convolutional networks keep their weights channels-last: oneDNN then runs them
+        # without reordering the weights on every call (measured 10-25% faster at batch 1).
+        for net in (vae, refiner, reward_model):
+            if net is not None:
+                net.to(memory_format=torch.channels_last)
         H, W = self.observation_space.shape[:2]
         self.latent_shape: tuple[int, int, int] = tuple(vae.latent_shape(H, W))
 
@@ -281,12 +287,14 @@ class WorldModel:
         """uint8 frames (..., H, W, 3) -> normalised latents (..., C, h, w) on the device."""
         frames = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor)
                                  else frames).to(self.device)
-        return self.vae.encode_frames(frames).float()
+        with frames_autocast(self.device):
+            return self.vae.encode_frames(frames).float()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents (..., C, h, w) -> uint8 frames (..., H, W, 3) on the device."""
-        return self.vae.decode_frames(latents)
+        with frames_autocast(self.device):
+            return self.vae.decode_frames(latents)
 
     @torch.no_grad()
     def round_trip(self, latents: torch.Tensor) -> torch.Tensor:
@@ -320,7 +328,9 @@ class WorldModel:
         decoded = self.decode(latents) if decoded is None else decoded
         if self.refiner is None or previous is None:
             return Rendered(decoded, decoded)
-        return Rendered(self.refiner.refine(decoded, previous.frames, previous.decoded), decoded)
+        with frames_autocast(self.device):
+            return Rendered(self.refiner.refine(decoded, previous.frames, previous.decoded),
+                            decoded)
 
     # ------------------------------------------------------------------ actions
     def action_tensors(self, actions: dict[str, Any], batch_shape: tuple[int, ...]
@@ -408,8 +418,9 @@ class WorldModel:
                                      guidance=self.guidance if guidance is None else guidance)
             reward, termination_prob, once = out.reward, out.termination_prob, None
             if self.reward_model is not None:
-                pred = self.reward_model.predict(previous, actions, out.latents.float(),
-                                                 unlocked=out.state.unlocked)
+                with frames_autocast(self.device):
+                    pred = self.reward_model.predict(previous, actions, out.latents.float(),
+                                                     unlocked=out.state.unlocked)
                 reward, termination_prob = pred.reward, pred.termination_prob
                 once = pred.achievement_reward
                 out.state.reward_probs = pred.reward_probs
