@@ -58,7 +58,8 @@ class ImagineConfig:
     seed: int = 0
     """Seeds the agent's initial weights, its action sampling and the envs' first reset."""
     max_episode_steps: int | None = None
-    """Override the env's time limit (for real envs)."""
+    """Override the env's time limit (a real env's or the dream's; dream episodes end there
+    too when rollouts carry on, `--training.no-restart`)."""
     save_every: int = 100
     """Save OUT/agent every this many updates."""
     log_every: int = 10

@@ -12,7 +12,12 @@ Prints one JSON object. Cases, all at 64x64 frames scaled 8x (512x512 per panel)
 - dream, dream_side_by_side (with --checkpoint): the learned simulator alone, and beside
                       the real game (the target: at least 30 fps for the dream alone), at
                       the bundle's default sampler steps;
+- dream_bf16, dream_bf16_frames: the dream alone with all its networks under bf16 autocast,
+                      and with only the frame networks (VAE, refiner, reward model);
 - dream_steps_N (with --sampling-steps N ...): the dream alone at N sampler steps.
+
+The dream cases are measured in turn, `rounds` times, and each reports its median round
+(`fps_rounds` lists them all): this machine's speed drifts by 10-25% within minutes.
 
 Beside them, `env_step_ms` times the same env's step with no loop at all, measured in the
 same run. fps is measured after `warmup` frames, so the first world generation and the first
@@ -54,6 +59,8 @@ class BenchConfig:
     """Seed of the envs and the agent."""
     window: bool = False
     """Open a real window instead of SDL's dummy video driver."""
+    rounds: int = 3
+    """With --checkpoint: times each dream case is measured, in turn (the median is reported)."""
     sampling_steps: tuple[int, ...] = ()
     """With --checkpoint: also measure the dream alone at these sampler steps per frame
     (cases dream_steps_N; "dream" uses the bundle's default)."""
@@ -137,19 +144,32 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.checkpoint is not None:
         dream = make_dream(cfg.checkpoint)
         result["dream_env_step_ms"] = env_step_ms(dream, cfg.frames, cfg.seed)
-        result["dream"] = measure_loop(*play_env(dream=dream), cfg)
         size = tuple(dream.observation_space.shape[:2])
-        result["dream_side_by_side"] = measure_loop(
-            *play_env(real=make_env(cfg.env, size=size), dream=dream), cfg)
-        result["dream_default_sampling_steps"] = dream.unwrapped.world_model.num_steps
-        # The same dream under bf16 autocast (`worldsim play --bf16`), and with only the frame
-        # networks in bf16 (`worldsim play --bf16-frames`).
-        for name, bf16 in (("dream_bf16", True), ("dream_bf16_frames", "frames")):
-            result[name] = measure_loop(*play_env(dream=make_dream(cfg.checkpoint, bf16=bf16)),
-                                        cfg)
+        # The dream cases, measured in turn `rounds` times: this machine's speed drifts by
+        # 10-25% over minutes, so cases measured one after the other compare badly. Each
+        # case reports its median round and every round's fps.
+        cases = {
+            "dream": lambda: play_env(dream=dream),
+            "dream_side_by_side": lambda: play_env(real=make_env(cfg.env, size=size),
+                                                   dream=dream),
+            # under bf16 autocast (`worldsim play --bf16`), and with only the frame networks
+            # in bf16 (`worldsim play --bf16-frames`)
+            "dream_bf16": (lambda env=make_dream(cfg.checkpoint, bf16=True): play_env(dream=env)),
+            "dream_bf16_frames": (lambda env=make_dream(cfg.checkpoint, bf16="frames"):
+                                  play_env(dream=env)),
+        }
         for steps in cfg.sampling_steps:
-            fewer = make_dream(cfg.checkpoint, num_sampling_steps=steps)
-            result[f"dream_steps_{steps}"] = measure_loop(*play_env(dream=fewer), cfg)
+            cases[f"dream_steps_{steps}"] = (
+                lambda env=make_dream(cfg.checkpoint, num_sampling_steps=steps):
+                play_env(dream=env))
+        rounds: dict[str, list[dict]] = {name: [] for name in cases}
+        for _ in range(cfg.rounds):
+            for name, case in cases.items():
+                rounds[name].append(measure_loop(*case(), cfg))
+        for name, runs in rounds.items():
+            median = sorted(runs, key=lambda run: run["fps"])[len(runs) // 2]
+            result[name] = {**median, "fps_rounds": [run["fps"] for run in runs]}
+        result["dream_default_sampling_steps"] = dream.unwrapped.world_model.num_steps
     print(json.dumps(result, indent=2))
     return result
 

@@ -828,16 +828,24 @@ class PlayConfig:
     bf16: bool = False
     """Run all the dream's networks under bfloat16 autocast: faster at large batches on CPUs
     with bf16 matrix units (AMX), not at play's batch of 1 (benchmarks/play_fps.py measures)."""
-    bf16_frames: bool = False
+    bf16_frames: bool | None = None
     """Run only the frame networks (VAE, refiner, reward model) under bfloat16 autocast, the
-    DiT in fp32 (the env's bf16="frames")."""
+    DiT in fp32 (the env's bf16="frames"). Default: where the device has bf16 matrix units
+    (AMX, a recent GPU), where it measured faster at the same dream (docs/DESIGN-NOTES.md)."""
     loop: Annotated[LoopSettings, tyro.conf.OmitArgPrefixes] = field(default_factory=LoopSettings)
     """How the loop runs: pacing, scale, recording, limits."""
 
     @property
     def precision(self) -> bool | str:
         """The dream env's `bf16` setting."""
-        return True if self.bf16 else ("frames" if self.bf16_frames else False)
+        if self.bf16:
+            return True
+        frames = self.bf16_frames
+        if frames is None:
+            from worldsim.runtime import choose_device, has_bf16_matrix_units
+
+            frames = has_bf16_matrix_units(choose_device())
+        return "frames" if frames else False
 
 
 BUNDLED_DREAM_ID = "worldsim/CrafterDream-v0"

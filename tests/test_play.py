@@ -468,12 +468,16 @@ def test_minecraft_style_dict_actions_with_mouse(tmp_path):
 
 def test_sampling_steps_and_bf16_reach_the_dream(tiny_bundle):
     from envs.play import PlayConfig, build
+    from worldsim.runtime import has_bf16_matrix_units
 
     game, _ = build(PlayConfig(checkpoint=tiny_bundle, sampling_steps=1))
     assert game.env.dream.unwrapped._sim.num_sampling_steps == 1
-    game, _ = build(PlayConfig(checkpoint=tiny_bundle))
+    game, _ = build(PlayConfig(checkpoint=tiny_bundle, bf16_frames=False))
     assert game.env.dream.unwrapped._sim.num_sampling_steps is None  # the bundle's
-    assert not game.env.dream.unwrapped._sim.bf16
+    assert game.env.dream.unwrapped._sim.bf16 is False
+    game, _ = build(PlayConfig(checkpoint=tiny_bundle))  # frames in bf16 where it pays
+    assert game.env.dream.unwrapped._sim.bf16 == ("frames" if has_bf16_matrix_units("cpu")
+                                                  else False)
     game, _ = build(PlayConfig(checkpoint=tiny_bundle, bf16=True))
     assert game.env.dream.unwrapped._sim.bf16 is True
     game, _ = build(PlayConfig(checkpoint=tiny_bundle, bf16_frames=True))

@@ -57,6 +57,23 @@ FRAMES = "frames"
 _frames_bf16: contextvars.ContextVar[bool] = contextvars.ContextVar("frames_bf16", default=False)
 
 
+def has_bf16_matrix_units(device) -> bool:
+    """Whether `device` runs bf16 matrix products in hardware: a CUDA GPU that supports bf16, a
+    CPU with AMX (the `amx_bf16` flag of Linux's /proc/cpuinfo; elsewhere unknown, so False)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+    except OSError:
+        return False
+
+
 def check_bf16(value) -> bool | str:
     """A valid `bf16` setting: False (fp32), True (everything under bf16 autocast) or
     "frames" (the frame networks only, see FRAMES)."""

@@ -34,7 +34,7 @@ QUICK_ARGS: dict[str, list[str]] = {
                      "--seconds", "0.5", "--no-npz"],
     "dit_step": ["--presets", "S", "--windows", "8", "--train-iters", "1", "--step-iters", "2",
                  "--step-batches", "1", "--long-steps", "50"],
-    "play_fps": ["--frames", "60", "--warmup", "5"],
+    "play_fps": ["--frames", "60", "--warmup", "5", "--rounds", "1"],
     "vae_speed": ["--batches", "1", "16", "--threads", "1", "--repeats", "5", "--warmup", "1"],
     "env_speed": ["--batches", "1", "8", "--budget-s", "1", "--long-steps", "30",
                   "--precisions", "fp32"],

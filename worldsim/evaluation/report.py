@@ -38,6 +38,9 @@ import numpy as np
 # Frames of the real-vs-dream GIF (the open loop's first steps): enough to see the world
 # scroll, small enough for a README.
 GIF_FRAMES = 64
+# How the report names the precision it ran at (`EvalConfig.precision`).
+PRECISION_NAMES = {False: ", fp32", True: ", bf16 autocast",
+                   "frames": ", bf16 autocast on the frame networks (DiT in fp32)"}
 
 # Consistency compares views by the PSNR of the mean MSE over starts (see part_consistency).
 CONSISTENCY_PSNR = "psnr_of_mean_mse"
@@ -81,7 +84,15 @@ class EvalConfig:
     device: str | None = None
     """Device (default: CUDA if available, else CPU)."""
     bf16: bool = False
-    """Run the model under bf16 autocast (as fast play does); default fp32."""
+    """Run the model under bf16 autocast; default fp32."""
+    bf16_frames: bool = False
+    """Run only the frame networks (VAE, refiner, reward model) under bf16 autocast, the DiT in
+    fp32 (the dream env's bf16="frames", `worldsim play --bf16-frames`)."""
+
+    @property
+    def precision(self) -> bool | str:
+        """The `bf16` setting the model runs under (`worldsim.runtime.autocast`)."""
+        return True if self.bf16 else ("frames" if self.bf16_frames else False)
     threads: int = 0
     """torch threads (0: $WORLDSIM_THREADS or torch's default)."""
     context: int = 0
@@ -361,7 +372,7 @@ class Evaluation:
                 self.wm, self.episodes, picks, context=self.context,
                 num_steps=self.cfg.tf_steps, heads_steps=self.heads_steps,
                 counterfactual_actions=counter, batch_size=self.cfg.batch_size,
-                seed=self.cfg.seed, bf16=self.cfg.bf16)
+                seed=self.cfg.seed, bf16=self.cfg.precision)
         return self._tf_run
 
     # ------------------------------------------------------------------ parts
@@ -378,7 +389,7 @@ class Evaluation:
         rows = all_transitions(self.episodes)
         rows = rows[spread(len(rows), self.cfg.size("vae_frames"))]
         real = np.stack([np.asarray(self.episodes[e].frames[t]) for e, t in rows])
-        recon = round_trip(self.wm, real, self.cfg.bf16)
+        recon = round_trip(self.wm, real, self.cfg.precision)
         m = summary(pair_metrics(real, recon))
         self.metrics["vae"] = m
         show = spread(len(real), 8)
@@ -469,7 +480,7 @@ class Evaluation:
 
         run = open_loop(self.wm, self.episodes, context=self.context,
                         horizons=self.cfg.horizons, rollouts=self.cfg.size("rollouts"),
-                        batch_size=self.cfg.batch_size, seed=self.cfg.seed, bf16=self.cfg.bf16)
+                        batch_size=self.cfg.batch_size, seed=self.cfg.seed, bf16=self.cfg.precision)
         if run is None:
             self.metrics["open_loop"] = {"skipped": "no validation episode is long enough"}
             self.sections["open_loop"] = ("## Open loop\n\nSkipped: no validation episode has "
@@ -480,7 +491,7 @@ class Evaluation:
             plain = open_loop(self.wm, self.episodes, context=self.context,
                               horizons=self.cfg.horizons, rollouts=self.cfg.size("rollouts"),
                               batch_size=self.cfg.batch_size, seed=self.cfg.seed,
-                              bf16=self.cfg.bf16, reencode=False)
+                              bf16=self.cfg.precision, reencode=False)
             m["without_reencoding"] = {h: e["dream"] for h, e in
                                        open_loop_metrics(plain)["horizons"].items()}
         self.metrics["open_loop"] = m
@@ -552,13 +563,13 @@ class Evaluation:
                                          np.random.default_rng(derive_seed(self.cfg.seed, 3)))
         run = teacher_forced(self.wm, self.episodes, picks.picks, context=self.context,
                              heads_steps=self.heads_steps, batch_size=self.cfg.batch_size,
-                             seed=derive_seed(self.cfg.seed, 4), bf16=self.cfg.bf16)
+                             seed=derive_seed(self.cfg.seed, 4), bf16=self.cfg.precision)
         m = reward_termination_metrics(run, picks)
         recorded = None
         if self.wm.reward_model is not None:
             from worldsim.runtime import autocast
 
-            with autocast(self.wm.device, self.cfg.bf16):
+            with autocast(self.wm.device, self.cfg.precision):
                 recorded = reward_termination_metrics(
                     reward_model_on_recorded_frames(self.wm, run, self.cfg.batch_size), picks)
             m["reward_model_on_recorded_frames"] = recorded
@@ -715,7 +726,7 @@ class Evaluation:
         run = consistency(self.wm, self.store, self.episodes, context=self.context,
                           ks=self.cfg.consistency_ks, starts=self.cfg.size("consistency_starts"),
                           action_names=self.action_names, seed=self.cfg.seed,
-                          bf16=self.cfg.bf16, replay=self.cfg.replay)
+                          bf16=self.cfg.precision, replay=self.cfg.replay)
         if isinstance(run, str):
             self.metrics["consistency"] = {"skipped": run}
             self.sections["consistency"] = f"## Consistency\n\nSkipped: {run}.\n"
@@ -797,17 +808,17 @@ class Evaluation:
         every = self.cfg.stability_every if steps >= 2 * self.cfg.stability_every \
             else max(1, steps // 8)
         reference = stability_reference(self.episodes, self.wm, seed=self.cfg.seed,
-                                        bf16=self.cfg.bf16,
+                                        bf16=self.cfg.precision,
                                         crafter_player="crafter" in self.store.env_id.lower())
         run = stability(self.wm, reference, steps=steps,
                         rollouts=self.cfg.size("stability_rollouts"), every=every,
-                        action_names=self.action_names, seed=self.cfg.seed, bf16=self.cfg.bf16)
+                        action_names=self.action_names, seed=self.cfg.seed, bf16=self.cfg.precision)
         m = stability_metrics(run, reference, every)
         if self.wm.reencode:  # the same dreams without it: what re-encoding changes
             plain = stability(self.wm, reference, steps=steps,
                               rollouts=self.cfg.size("stability_rollouts"), every=every,
                               action_names=self.action_names, seed=self.cfg.seed,
-                              bf16=self.cfg.bf16, reencode=False)
+                              bf16=self.cfg.precision, reencode=False)
             plain_metrics = stability_metrics(plain, reference, every)
             m["without_reencoding"] = plain_metrics["in_distribution"]
             m["without_reencoding_moving"] = plain_metrics["moving"]
@@ -1009,7 +1020,7 @@ class Evaluation:
               f"samples with {self.heads_steps} Euler steps unless said otherwise"
               f"{self._guidance_note()}. Seed "
               f"{cfg.seed}{', quick settings' if cfg.quick else ''}"
-              f"{', bf16 autocast' if cfg.bf16 else ', fp32'}.\n",
+              f"{PRECISION_NAMES[cfg.precision]}.\n",
               "Reproduce: `worldsim eval " + " ".join(self._argv()) + "`\n",
               "## Summary\n", self.headline() + "\n"]
         md += [self.sections[p] for p in PARTS if p in self.sections]

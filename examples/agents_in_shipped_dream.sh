@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Agents trained only in the shipped dream (worldsim/assets/crafter-default, as `worldsim play`
+# and gym.make("worldsim/CrafterDream-v0") run it: 2 sampler steps, guidance 2, re-encoding,
+# the refiner), with the reward model that pays each achievement once per episode, scored in
+# the real game beside the random agent on the same seeds (issue: agents in imagination).
+#   examples/agents_in_shipped_dream.sh [OUT_DIR]
+# About 110 min on 2 CPU cores. Needs data/crafter (examples/reproduce_default_model.sh).
+#
+# Only the reward model is new: the shipped bundle's reads frames t and t+1, whose events the
+# DiT rarely draws (docs/DESIGN-NOTES.md); this one reads frame t and the action and learns an
+# unlock probability per achievement, which the dream pays once per episode. The agents are
+# those of examples/agents_in_imagination.sh (its dream_agents settings).
+set -euo pipefail
+out=${1:-runs/agents-shipped}
+data=${DATA:-data/crafter}
+runs=${RUNS:-runs}
+shipped=worldsim/assets/crafter-default
+bundle="$runs/bundle-once-shipped"
+
+worldsim data label-achievements "$data" --no-progress  # resumes: labels already made stay
+worldsim train reward --data "$data" --vae "$shipped/vae" --action-input --no-next-frame-input \
+    --achievements --out "$runs/reward-once-shipped" --train.steps 4000 --train.threads 2
+# The shipped parts and sampling (config.json "sampling"), with the pay-once reward model; start
+# contexts from the validation episodes of the same data, with what each had unlocked before.
+worldsim bundle --vae "$shipped/vae" --dynamics "$shipped/dynamics" --refiner "$shipped/refiner" \
+    --reward "$runs/reward-once-shipped" --data "$data" --sample-steps 2 --guidance 2 \
+    --sample-sigma-min 0.033 --out "$bundle"
+
+mkdir -p "$out"
+# dream_agents NAME [IMAGINE_ARGS...]: three dream agents at a time on one thread each
+# (~27 min), written to $out/NAME-s{0,1,2}, then scored in the real game.
+dream_agents() {
+    local name=$1
+    shift
+    for seed in 0 1 2; do
+        worldsim imagine --checkpoint "$bundle" --obs-mode rgb --bf16 --num-envs 32 --steps 150 \
+            --training.entropy-coef 0.03 --preset small --training.lr 6e-4 --threads 1 \
+            --log-every 10 --save-every 25 --seed "$seed" --out "$out/$name-s$seed" "$@" &
+    done
+    wait
+    for seed in 0 1 2; do
+        worldsim score --agent "$out/$name-s$seed/agent" --env worldsim/Crafter-v0 \
+            --episodes 20 --seed $((1000 * (seed + 1))) --out "$out/score-$name-s$seed"
+    done
+}
+
+# Every rollout of 15 steps restarts from fresh real contexts (as DIAMOND does)...
+dream_agents once
+# ... or the dream episodes carry on across rollouts, up to 150 steps, so an achievement the
+# agent already took in the episode pays nothing more (the pay-once reward's memory).
+dream_agents carried --training.no-restart --max-episode-steps 150
+for seed in 0 1 2; do
+    worldsim score --agent random --env worldsim/Crafter-v0 --episodes 20 \
+        --seed $((1000 * (seed + 1))) --out "$out/score-random-s$seed"
+done
+python examples/compare_scores.py once="$out/score-once-s*" carried="$out/score-carried-s*" \
+    random="$out/score-random-s*" --json "$out/summary.json"
