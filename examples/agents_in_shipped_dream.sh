@@ -4,7 +4,7 @@
 # the refiner), with the reward model that pays each achievement once per episode, scored in
 # the real game beside the random agent on the same seeds (issue: agents in imagination).
 #   examples/agents_in_shipped_dream.sh [OUT_DIR]
-# About 110 min on 2 CPU cores. Needs data/crafter (examples/reproduce_default_model.sh).
+# About 2.5 hours on 2 CPU cores. Needs data/crafter (examples/reproduce_default_model.sh).
 #
 # Only the reward model is new: the shipped bundle's reads frames t and t+1, whose events the
 # DiT rarely draws (docs/DESIGN-NOTES.md); this one reads frame t and the action and learns an
@@ -49,9 +49,10 @@ dream_agents once
 # ... or the dream episodes carry on across rollouts, up to 150 steps, so an achievement the
 # agent already took in the episode pays nothing more (the pay-once reward's memory).
 dream_agents carried --training.no-restart --max-episode-steps 150
+dream_agents carried300 --training.no-restart --max-episode-steps 300
 for seed in 0 1 2; do
     worldsim score --agent random --env worldsim/Crafter-v0 --episodes 20 \
         --seed $((1000 * (seed + 1))) --out "$out/score-random-s$seed"
 done
 python examples/compare_scores.py once="$out/score-once-s*" carried="$out/score-carried-s*" \
-    random="$out/score-random-s*" --json "$out/summary.json"
+    carried300="$out/score-carried300-s*" random="$out/score-random-s*" --json "$out/summary.json"
