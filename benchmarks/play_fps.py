@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
         # case reports its median round and every round's fps.
         cases = {
             "dream": lambda: play_env(dream=dream),
-            "dream_side_by_side": lambda: play_env(real=make_env(cfg.env, size=size),
-                                                   dream=dream),
+            "dream_side_by_side": (lambda real=make_env(cfg.env, size=size):
+                                   play_env(real=real, dream=dream)),
             # under bf16 autocast (`worldsim play --bf16`), and with only the frame networks
             # in bf16 (`worldsim play --bf16-frames`)
             "dream_bf16": (lambda env=make_dream(cfg.checkpoint, bf16=True): play_env(dream=env)),

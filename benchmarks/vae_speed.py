@@ -16,7 +16,6 @@ figure on a busy machine). Without --vae (--refiner) the default `VAEConfig`
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import platform
@@ -85,23 +84,25 @@ def run(cfg: VAESpeedConfig) -> dict:
             frames = torch.randint(0, 256, (batch, cfg.height, cfg.width, 3), dtype=torch.uint8)
             latents = torch.randn(batch, C, h, w)
             repeats = max(5, cfg.repeats // max(1, batch // 8))
-            for layout, precision in itertools.product(cfg.layouts, ("fp32", "bf16")):
-                bf16 = precision == "bf16"
+            for layout in cfg.layouts:
                 for net in (vae, refiner):
                     net.to(memory_format=MEMORY_FORMATS[layout])
-                ops = {"encode": lambda f=frames: vae.encode_frames(f),
-                       "decode": lambda z=latents: vae.decode_frames(z),
-                       "refine": lambda f=frames: refiner.refine(f, f, f)}
-                for op, fn in ops.items():
-                    def call(fn=fn, bf16=bf16):
-                        with torch.inference_mode(), autocast("cpu", bf16):
-                            fn()
-                    wall, cpu = time_calls(call, repeats, cfg.warmup)
-                    results.append({"op": op, "batch": batch, "precision": precision,
-                                    "layout": layout, "threads": threads, "ms_per_call": round(wall * 1e3, 3),
-                                    "ms_per_frame": round(wall * 1e3 / batch, 3),
-                                    "frames_per_s": round(batch / wall, 1),
-                                    "cpu_ms_per_call": round(cpu * 1e3, 3)})
+                for precision in ("fp32", "bf16"):
+                    bf16 = precision == "bf16"
+                    ops = {"encode": lambda f=frames: vae.encode_frames(f),
+                           "decode": lambda z=latents: vae.decode_frames(z),
+                           "refine": lambda f=frames: refiner.refine(f, f, f)}
+                    for op, fn in ops.items():
+                        def call(fn=fn, bf16=bf16):
+                            with torch.inference_mode(), autocast("cpu", bf16):
+                                fn()
+                        wall, cpu = time_calls(call, repeats, cfg.warmup)
+                        results.append({"op": op, "batch": batch, "precision": precision,
+                                        "layout": layout, "threads": threads,
+                                        "ms_per_call": round(wall * 1e3, 3),
+                                        "ms_per_frame": round(wall * 1e3 / batch, 3),
+                                        "frames_per_s": round(batch / wall, 1),
+                                        "cpu_ms_per_call": round(cpu * 1e3, 3)})
     decode_1 = [r for r in results if r["op"] == "decode" and r["batch"] == 1]
     best = min(decode_1, key=lambda r: r["ms_per_call"]) if decode_1 else None
     return {

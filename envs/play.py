@@ -838,14 +838,9 @@ class PlayConfig:
     @property
     def precision(self) -> bool | str:
         """The dream env's `bf16` setting."""
-        if self.bf16:
-            return True
-        frames = self.bf16_frames
-        if frames is None:
-            from worldsim.runtime import choose_device, has_bf16_matrix_units
+        from worldsim.runtime import bf16_setting
 
-            frames = has_bf16_matrix_units(choose_device())
-        return "frames" if frames else False
+        return bf16_setting(self.bf16, self.bf16_frames)
 
 
 BUNDLED_DREAM_ID = "worldsim/CrafterDream-v0"

@@ -74,6 +74,17 @@ def has_bf16_matrix_units(device) -> bool:
         return False
 
 
+def bf16_setting(bf16: bool, bf16_frames: bool | None, device=None) -> bool | str:
+    """The `autocast` setting of a command's --bf16 / --bf16-frames flags: --bf16 (every
+    network) wins, then --bf16-frames; None for the latter: "frames" where `device` has bf16
+    matrix units (`has_bf16_matrix_units`), fp32 elsewhere."""
+    if bf16:
+        return True
+    if bf16_frames is None:
+        bf16_frames = has_bf16_matrix_units(choose_device(device))
+    return FRAMES if bf16_frames else False
+
+
 def check_bf16(value) -> bool | str:
     """A valid `bf16` setting: False (fp32), True (everything under bf16 autocast) or
     "frames" (the frame networks only, see FRAMES)."""

@@ -88,11 +88,6 @@ class EvalConfig:
     bf16_frames: bool = False
     """Run only the frame networks (VAE, refiner, reward model) under bf16 autocast, the DiT in
     fp32 (the dream env's bf16="frames", `worldsim play --bf16-frames`)."""
-
-    @property
-    def precision(self) -> bool | str:
-        """The `bf16` setting the model runs under (`worldsim.runtime.autocast`)."""
-        return True if self.bf16 else ("frames" if self.bf16_frames else False)
     threads: int = 0
     """torch threads (0: $WORLDSIM_THREADS or torch's default)."""
     context: int = 0
@@ -152,6 +147,13 @@ class EvalConfig:
         """A sample size: the explicit value, else the quick or full default."""
         value = getattr(self, name)
         return int(value) if value is not None else (QUICK if self.quick else FULL)[name]
+
+    @property
+    def precision(self) -> bool | str:
+        """The `bf16` setting the model runs under (`worldsim.runtime.autocast`)."""
+        from worldsim.runtime import bf16_setting
+
+        return bf16_setting(self.bf16, self.bf16_frames)
 
 
 # ---------------------------------------------------------------------- small helpers
