@@ -50,9 +50,10 @@ def configure(threads: int | None = None, malloc: bool = True) -> None:
 
 
 # `autocast(device, FRAMES)`: bf16 for the frame networks only (the VAE, the refiner, the
-# reward model: convolutions over whole frames, which bf16 matrix units run faster at any
-# batch), fp32 for the DiT, whose few-row matmuls at batch 1 gain nothing from bf16 on CPU and
-# pay for the casts. The networks that read frames ask `frames_autocast` whether to use it.
+# reward model: convolutions over whole frames, which bf16 matrix units run 1.2-1.6x faster at
+# batch 1, benchmarks/vae_speed.py), fp32 for the DiT, whose few-row matmuls at batch 1 gain
+# nothing from bf16 on CPU and pay for the casts. The networks that read frames ask
+# `frames_autocast` whether to use it.
 FRAMES = "frames"
 _frames_bf16: contextvars.ContextVar[bool] = contextvars.ContextVar("frames_bf16", default=False)
 
