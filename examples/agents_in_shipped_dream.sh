@@ -56,3 +56,16 @@ for seed in 0 1 2; do
 done
 python examples/compare_scores.py once="$out/score-once-s*" carried="$out/score-carried-s*" \
     carried300="$out/score-carried300-s*" random="$out/score-random-s*" --json "$out/summary.json"
+
+# The carried agents again on other scoring seeds (4000-6000), beside random play there.
+for seed in 0 1 2; do
+    for name in carried carried300; do
+        worldsim score --agent "$out/$name-s$seed/agent" --env worldsim/Crafter-v0 \
+            --episodes 20 --seed $((1000 * (seed + 4))) --out "$out/fresh-$name-s$seed"
+    done
+    worldsim score --agent random --env worldsim/Crafter-v0 --episodes 20 \
+        --seed $((1000 * (seed + 4))) --out "$out/fresh-random-s$seed"
+done
+python examples/compare_scores.py carried="$out/fresh-carried-s*" \
+    carried300="$out/fresh-carried300-s*" random="$out/fresh-random-s*" \
+    --json "$out/summary-fresh.json"
