@@ -4,7 +4,7 @@
 # the refiner), with the reward model that pays each achievement once per episode, scored in
 # the real game beside the random agent on the same seeds (issue: agents in imagination).
 #   examples/agents_in_shipped_dream.sh [OUT_DIR]
-# About 2.5 hours on 2 CPU cores. Needs data/crafter (examples/reproduce_default_model.sh).
+# About 3 hours on 2 CPU cores. Needs data/crafter (examples/reproduce_default_model.sh).
 #
 # Only the reward model is new: the shipped bundle's reads frames t and t+1, whose events the
 # DiT rarely draws (docs/DESIGN-NOTES.md); this one reads frame t and the action and learns an
@@ -27,9 +27,9 @@ worldsim bundle --vae "$shipped/vae" --dynamics "$shipped/dynamics" --refiner "$
     --sample-sigma-min 0.033 --out "$bundle"
 
 mkdir -p "$out"
-# dream_agents NAME [IMAGINE_ARGS...]: three dream agents at a time on one thread each
-# (~27 min), written to $out/NAME-s{0,1,2}, then scored in the real game.
-dream_agents() {
+# train_agents NAME [IMAGINE_ARGS...]: three dream agents at a time on one thread each
+# (~27 min for 150 updates), written to (or resumed from) $out/NAME-s{0,1,2}.
+train_agents() {
     local name=$1
     shift
     for seed in 0 1 2; do
@@ -38,9 +38,13 @@ dream_agents() {
             --log-every 10 --save-every 25 --seed "$seed" --out "$out/$name-s$seed" "$@" &
     done
     wait
+}
+# dream_agents NAME [IMAGINE_ARGS...]: train_agents, then score them in the real game.
+dream_agents() {
+    train_agents "$@"
     for seed in 0 1 2; do
-        worldsim score --agent "$out/$name-s$seed/agent" --env worldsim/Crafter-v0 \
-            --episodes 20 --seed $((1000 * (seed + 1))) --out "$out/score-$name-s$seed"
+        worldsim score --agent "$out/$1-s$seed/agent" --env worldsim/Crafter-v0 \
+            --episodes 20 --seed $((1000 * (seed + 1))) --out "$out/score-$1-s$seed"
     done
 }
 
@@ -69,3 +73,21 @@ done
 python examples/compare_scores.py carried="$out/fresh-carried-s*" \
     carried300="$out/fresh-carried300-s*" random="$out/fresh-random-s*" \
     --json "$out/summary-fresh.json"
+
+# Twice the training: the 300-step agents resumed from their 150 updates up to 300 (the lr is
+# constant, so this is the longer run), scored on both sets of seeds.
+for seed in 0 1 2; do
+    [ -e "$out/long300-s$seed" ] || cp -r "$out/carried300-s$seed" "$out/long300-s$seed"
+done
+train_agents long300 --training.no-restart --max-episode-steps 300 --steps 300
+for seed in 0 1 2; do
+    worldsim score --agent "$out/long300-s$seed/agent" --env worldsim/Crafter-v0 \
+        --episodes 20 --seed $((1000 * (seed + 1))) --out "$out/score-long300-s$seed"
+    worldsim score --agent "$out/long300-s$seed/agent" --env worldsim/Crafter-v0 \
+        --episodes 20 --seed $((1000 * (seed + 4))) --out "$out/fresh-long300-s$seed"
+done
+python examples/compare_scores.py carried300="$out/score-carried300-s*" \
+    long300="$out/score-long300-s*" random="$out/score-random-s*" --json "$out/summary-long300.json"
+python examples/compare_scores.py carried300="$out/fresh-carried300-s*" \
+    long300="$out/fresh-long300-s*" random="$out/fresh-random-s*" \
+    --json "$out/summary-fresh-long300.json"

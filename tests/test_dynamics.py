@@ -466,3 +466,34 @@ def test_noise_shift_moves_the_training_noise_levels_up(tiny_bundle, tmp_path):
     initial = load_dynamics(tiny_bundle)[0].config.diffusion
     assert (tasks["fine-tune"].model.config.diffusion.train_p_mean
             == pytest.approx(initial.train_p_mean + 1.0))
+
+
+def test_round_trip_trains_on_the_latents_a_reencoding_dream_continues_from(tiny_bundle, tmp_path):
+    """--round-trip replaces every training and validation window's latents by their VAE round
+    trip (decode to uint8 frames, encode), the latents a re-encoding dream continues from;
+    actions and rewards are those of the same windows."""
+    from tiny_bundle import tiny_train
+
+    from worldsim.training.loop import setup
+    from worldsim.training.train_dynamics import DynamicsTask, TrainDynamicsConfig
+
+    root = tiny_bundle.parent.parent
+    tasks = {}
+    for trip in (False, True):
+        cfg = TrainDynamicsConfig(data=root / "data", vae=root / "run-vae",
+                                  out=tmp_path / f"run-{trip}", dit=dit_tiny(), round_trip=trip,
+                                  train=tiny_train(2, 4), eval_windows=2, eval_horizon=2,
+                                  eval_context=2)
+        tasks[trip] = DynamicsTask(cfg, setup(cfg.train).device)
+    raw, tripped = (tasks[k].sample_batch(np.random.default_rng(0), 3) for k in (False, True))
+    vae = tasks[True].vae
+    expected = vae.encode_frames(vae.decode_frames(raw["latents"]))
+    assert tripped["latents"].shape == raw["latents"].shape
+    torch.testing.assert_close(tripped["latents"], expected)
+    assert not torch.allclose(tripped["latents"], raw["latents"], atol=1e-3)  # a lossy trip
+    torch.testing.assert_close(tripped["rewards"], raw["rewards"])
+    val_raw, val_tripped = (tasks[k]._validation()["batch"]["latents"] for k in (False, True))
+    torch.testing.assert_close(val_tripped, vae.encode_frames(vae.decode_frames(val_raw)))
+    assert tasks[True].config()["round_trip"] is True
+    loss, _ = tasks[True].loss(tasks[True].model, tripped)
+    assert torch.isfinite(loss)
