@@ -26,6 +26,13 @@ worldsim bundle --vae "$shipped/vae" --dynamics "$shipped/dynamics" --refiner "$
     --reward "$runs/reward-once-shipped" --data "$data" --sample-steps 2 --guidance 2 \
     --sample-sigma-min 0.033 --out "$bundle"
 
+# The same bundle paying by the "best" rule: a transition pays only the rise of the best unlock
+# probability the episode has reached, so repeating a press the model is unsure will land
+# (`place_plant`: 0.12 with a sapling, examples/unlock_prerequisites.py) pays once, not again.
+worldsim bundle --vae "$shipped/vae" --dynamics "$shipped/dynamics" --refiner "$shipped/refiner" \
+    --reward "$runs/reward-once-shipped" --data "$data" --sample-steps 2 --guidance 2 \
+    --sample-sigma-min 0.033 --pay-once best --out "$runs/bundle-best-shipped"
+
 mkdir -p "$out"
 # train_agents NAME [IMAGINE_ARGS...]: three dream agents at a time on one thread each
 # (~27 min for 150 updates), written to (or resumed from) $out/NAME-s{0,1,2}.
@@ -91,3 +98,16 @@ python examples/compare_scores.py carried300="$out/score-carried300-s*" \
 python examples/compare_scores.py carried300="$out/fresh-carried300-s*" \
     long300="$out/fresh-long300-s*" random="$out/fresh-random-s*" \
     --json "$out/summary-fresh-long300.json"
+
+# The 300-step carried agents again, 150 updates, in the bundle that pays by the "best" rule,
+# scored on both sets of seeds.
+bundle="$runs/bundle-best-shipped" dream_agents best300 --training.no-restart --max-episode-steps 300
+for seed in 0 1 2; do
+    worldsim score --agent "$out/best300-s$seed/agent" --env worldsim/Crafter-v0 \
+        --episodes 20 --seed $((1000 * (seed + 4))) --out "$out/fresh-best300-s$seed"
+done
+python examples/compare_scores.py carried300="$out/score-carried300-s*" \
+    best300="$out/score-best300-s*" random="$out/score-random-s*" --json "$out/summary-best300.json"
+python examples/compare_scores.py carried300="$out/fresh-carried300-s*" \
+    best300="$out/fresh-best300-s*" random="$out/fresh-random-s*" \
+    --json "$out/summary-fresh-best300.json"

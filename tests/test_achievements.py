@@ -74,6 +74,29 @@ def test_pay_once_pays_each_achievement_once_in_expectation():
     assert pay_once(p, unlocked)[0].item() == pytest.approx(0.9**100 * 0.1, rel=1e-2)
 
 
+def test_pay_once_best_pays_only_the_rise_of_the_best_chance():
+    """The "best" rule: repeating a press at the same probability pays once; a surer press
+    later pays the difference; a sure unlock pays 1 in all; what a start context's episode
+    took (unlocked 1) pays nothing."""
+    unsure = torch.tensor([[0.12, 0.0, 0.3]])
+    reward, unlocked = pay_once(unsure, None, "best")
+    torch.testing.assert_close(reward, torch.tensor([0.42]))
+    for _ in range(10):
+        again, unlocked = pay_once(unsure, unlocked, "best")
+        assert again.item() == 0.0
+    surer, unlocked = pay_once(torch.tensor([[1.0, 0.0, 0.1]]), unlocked, "best")
+    torch.testing.assert_close(surer, torch.tensor([0.88]))
+    torch.testing.assert_close(unlocked, torch.tensor([[1.0, 0.0, 0.3]]))
+    taken = torch.tensor([[1.0, 1.0, 1.0]])
+    assert pay_once(torch.ones(1, 3), taken, "best")[0].item() == 0.0
+    # the "expected" rule pays the same unsure press again and again
+    paid = sum(pay_once(unsure[:, :1], u, "expected")[0].item()
+               for u in (torch.tensor([[1 - 0.88**k]]) for k in range(10)))
+    assert paid == pytest.approx(1 - 0.88**10, rel=1e-5)
+    with pytest.raises(ValueError, match="best"):
+        pay_once(unsure, None, "most")
+
+
 def test_unlock_head_starts_and_stays_calibrated():
     # Unlocks the inputs say nothing about: the calibrated answer is the data's rate per
     # achievement, although half of every batch is events.
@@ -159,3 +182,19 @@ def test_trained_unlock_head_in_a_bundle_pays_once_in_the_dream(tiny_bundle, lab
     with pytest.raises(ValueError, match="expected"):
         wm.start(wm.encode(wm.start_frames[:1]), {k: v[:1] for k, v in wm.start_actions.items()},
                  unlocked=np.zeros((1, 3)))
+
+    # The same parts bundled to pay by the "best" rule: the bundle records it, and the dream
+    # pays `do` again and again at most what the first press paid, with the same frames.
+    best = build_bundle(tmp_path / "bundle-best", vae_checkpoint=root / "run-vae",
+                        dynamics_checkpoint=tiny_bundle / "dynamics", data=labelled,
+                        num_contexts=6, context_frames=2, reward_checkpoint=cfg.out,
+                        pay_once="best")
+    assert WorldModel.load(best).pay_once == "best" and wm.pay_once == "expected"
+    env_best = gym.make("worldsim/Dream-v0", checkpoint=str(best), obs_mode="latent")
+    env_best.reset(seed=0)
+    paid = [env_best.step(5)[1] for _ in range(4)]
+    assert sum(paid) <= sum(rewards) + 1e-6
+    with pytest.raises(ValueError, match="pays achievements once"):
+        build_bundle(tmp_path / "bad", vae_checkpoint=root / "run-vae",
+                     dynamics_checkpoint=tiny_bundle / "dynamics", data=labelled,
+                     num_contexts=2, context_frames=2, pay_once="best")

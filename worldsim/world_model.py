@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from worldsim.models.reward_model import PAY_ONCE_RULES
 from worldsim.runtime import frames_autocast
 from worldsim.spaces import action_keys, space_from_json, space_to_json
 from worldsim.training.checkpoint import CheckpointError  # noqa: F401  (one error class for all)
@@ -162,6 +163,12 @@ class WorldModel:
             refiner.hard_blend = sampling.get("refiner_blend", "soft") == "hard"
         # Classifier-free guidance scale on the action (1: none; see DynamicsModel.step).
         self.guidance: float = float(sampling.get("guidance", 1.0))
+        # How a reward model that pays achievements once turns its unlock probabilities into
+        # reward (`reward_model.pay_once`); bundles made before the choice pay "expected".
+        self.pay_once: str = str(config.get("pay_once", "expected"))
+        if self.pay_once not in PAY_ONCE_RULES:
+            raise CheckpointError(f"{source or 'the bundle'}: pay_once {self.pay_once!r} is not "
+                                  f"one of {PAY_ONCE_RULES}")
         self.start_frames = start_frames      # uint8 (N, K, H, W, 3)
         self.start_actions = start_actions    # {key: (N, K-1, ...)}
         # bool (N, A): achievements unlocked before each start context's last frame, for a
@@ -421,7 +428,8 @@ class WorldModel:
             if self.reward_model is not None:
                 with frames_autocast(self.device):
                     pred = self.reward_model.predict(previous, actions, out.latents.float(),
-                                                     unlocked=out.state.unlocked)
+                                                     unlocked=out.state.unlocked,
+                                                     pay_rule=self.pay_once)
                 reward, termination_prob = pred.reward, pred.termination_prob
                 once = pred.achievement_reward
                 out.state.reward_probs = pred.reward_probs
@@ -447,7 +455,8 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
                  sampler: str | None = None, reward_checkpoint: str | Path | None = None,
                  refiner_checkpoint: str | Path | None = None, reencode: bool = True,
                  guidance: float = 1.0, feedback: bool = False,
-                 refiner_blend: str = "soft", sigma_min: float | None = None) -> Path:
+                 refiner_blend: str = "soft", sigma_min: float | None = None,
+                 pay_once: str = "expected") -> Path:
     """Assemble a bundle from a VAE checkpoint, a dynamics checkpoint (EMA weights), optionally
     a reward model checkpoint and a frame refiner checkpoint, and real start contexts drawn
     (seeded) from the validation episodes of the dataset `data`. `num_steps` / `sampler`: the
@@ -456,8 +465,10 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
     classifier-free guidance scale on the action (`WorldModel.guidance`); `feedback`: whether
     rollouts continue from the encoding of the refined frame (`WorldModel.feedback`; needs a
     refiner); `refiner_blend`: "soft" or "hard" (`FrameRefiner.hard_blend`); `sigma_min`: where
-    the sampling schedule's ramp ends (None: the dynamics model's `sample_sigma_min`).
-    `metrics`: None takes those recorded in the dynamics checkpoint."""
+    the sampling schedule's ramp ends (None: the dynamics model's `sample_sigma_min`);
+    `pay_once`: the rule a reward model that pays achievements once pays by
+    (`reward_model.pay_once`). `metrics`: None takes those recorded in the dynamics
+    checkpoint."""
     import tempfile
 
     from worldsim.data.store import EpisodeStore
@@ -513,6 +524,11 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
         achievements = tuple(reward_model.config.achievements)
     else:
         achievements = ()
+    if pay_once not in PAY_ONCE_RULES:
+        raise ValueError(f"pay_once must be one of {PAY_ONCE_RULES}, got {pay_once!r}")
+    if pay_once != "expected" and not achievements:
+        raise ValueError(f"pay_once {pay_once!r} needs a reward model that pays achievements "
+                         "once (`worldsim train reward --achievements`)")
     if refiner_checkpoint is not None:
         from worldsim.models.refiner import load_refiner
 
@@ -550,6 +566,8 @@ def build_bundle(out: str | Path, *, vae_checkpoint: str | Path, dynamics_checkp
             "action_space": space_to_json(store.action_space),
             "context_frames": context_frames,
             "sampling": sampling,
+            # recorded only when not the default, so bundles without it read as before
+            **({"pay_once": pay_once} if pay_once != "expected" else {}),
             # The path as given: a bundle is shared, and this machine's layout is not its own.
             "data": {"path": str(data), "episodes": len(store),
                      "frames": store.num_frames, "start_context_seed": seed},
@@ -638,6 +656,11 @@ class BundleConfig:
     """Rollouts that show frames continue from the encoding of the refiner's frame (which
     copies what did not change pixel for pixel) instead of the plain decode's; needs
     `--refiner`."""
+    pay_once: Literal["expected", "best"] = "expected"
+    """With a reward model that pays achievements once: pay each transition p times the share
+    not yet unlocked ("expected"), or only the rise of the best unlock probability the
+    episode has reached ("best": repeating an unsure press pays nothing more); see
+    `worldsim.models.reward_model.pay_once`."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -652,6 +675,7 @@ def main(argv: list[str] | None = None) -> None:
                        seed=cfg.seed, num_steps=cfg.sample_steps, sampler=cfg.sampler,
                        reencode=cfg.reencode, guidance=cfg.guidance, feedback=cfg.feedback,
                        refiner_blend=cfg.refiner_blend, sigma_min=cfg.sample_sigma_min,
+                       pay_once=cfg.pay_once,
                        reward_checkpoint=None if cfg.reward is None else resolve_checkpoint(cfg.reward),
                        refiner_checkpoint=None if cfg.refiner is None else resolve_checkpoint(cfg.refiner))
     print(f"bundle: {out}", flush=True)

@@ -232,32 +232,51 @@ class RewardModel(nn.Module):
 
     def predict(self, previous: torch.Tensor, actions: dict[str, torch.Tensor],
                 latents: torch.Tensor, reward_mode: str = "mean",
-                unlocked: torch.Tensor | None = None) -> RewardPrediction:
+                unlocked: torch.Tensor | None = None,
+                pay_rule: str = "expected") -> RewardPrediction:
         """Reward (B,) decoded by `reward_mode`, the distribution (B, R) of its part other than
         achievements, the termination probability (B,) and, with the unlock head, the unlock
         probabilities (B, A), the achievements' part of the reward (each paid once per
         episode given `unlocked` (B, A), what the episode unlocked before; None: nothing; see
-        `pay_once`; rounded in "mode") and the unlocked state after the transition."""
+        `pay_once` and its `pay_rule`; rounded in "mode") and the unlocked state after the
+        transition."""
         reward_logits, termination_logits, achievement_logits = self.logits(previous, actions,
                                                                             latents)
         reward = self.heads.decode(reward_logits, reward_mode)
         probs, once, after = None, None, None
         if achievement_logits is not None:
             probs = achievement_logits.sigmoid()
-            once, after = pay_once(probs, unlocked)
+            once, after = pay_once(probs, unlocked, pay_rule)
             reward = reward + (once if reward_mode == "mean" else once.round())
         return RewardPrediction(reward, reward_logits.softmax(-1), termination_logits.sigmoid(),
                                 probs, once, after)
 
 
-def pay_once(achievement_probs: torch.Tensor, unlocked: torch.Tensor | None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The achievements' share of a transition's expected reward when each pays +1 once per
-    episode, and the episode's unlocked state after it. achievement_probs (B, A): the unlock
-    probabilities; unlocked (B, A): the probability that each was unlocked before (None: none
-    was). Returns (reward (B,), unlocked (B, A)). In expectation this pays exactly what the
-    game pays: an unlock of probability p pays p now and leaves 1 - p to pay later."""
+# How a dream pays an achievement once per episode from unlock probabilities (`pay_once`).
+PAY_ONCE_RULES = ("expected", "best")
+
+
+def pay_once(achievement_probs: torch.Tensor, unlocked: torch.Tensor | None,
+             rule: str = "expected") -> tuple[torch.Tensor, torch.Tensor]:
+    """The achievements' share of a transition's reward when each pays +1 once per episode,
+    and the episode's unlocked state after it. achievement_probs (B, A): the unlock
+    probabilities; unlocked (B, A): the state before (None: nothing unlocked; a start context's
+    labels give 1 for what its episode took). Returns (reward (B,), unlocked (B, A)).
+
+    "expected": unlocked is the probability that each was unlocked before, and a transition
+    pays p times the rest, leaving 1 - p to pay later. In expectation this pays what the game
+    pays if the presses were independent tries, but a press the model is unsure about (will
+    it land?) then pays again each time it is repeated: ten presses at p = 0.12 collect 72%.
+    "best": unlocked is the highest unlock probability the episode has reached, and a
+    transition pays only the rise above it. Repeating a press in the same situation pays
+    nothing more; an episode collects at most the best chance it set up, 1 for a sure one.
+    """
+    if rule not in PAY_ONCE_RULES:
+        raise ValueError(f"pay-once rule must be one of {PAY_ONCE_RULES}, got {rule!r}")
     unlocked = torch.zeros_like(achievement_probs) if unlocked is None else unlocked
+    if rule == "best":
+        after = torch.maximum(unlocked, achievement_probs)
+        return (after - unlocked).sum(-1), after
     fresh = achievement_probs * (1 - unlocked)
     return fresh.sum(-1), unlocked + fresh
 
