@@ -121,8 +121,9 @@ class TrainDynamicsConfig:
     `WorldModel.round_trip`) before the loss, context and target alike. With a refitted
     decoder (`worldsim train vae --decoder-only`, which keeps the latent cache) the DiT then
     learns the game as that decoder's round trip draws it, e.g. its flat nights. Costs a VAE
-    decode and encode of every batch (0.35 s for 32 windows of 4 frames in bf16 on one
-    thread here)."""
+    decode and encode of every batch (about 5% of a training step of the shipped DiT on 2 CPU
+    cores, in bf16). Measured: it did not keep long dreams in distribution
+    (docs/DESIGN-NOTES.md, round-tripped latents)."""
     train: TrainConfig = field(default_factory=_default_train)
     eval_windows: int = 32
     """Validation windows used by each evaluation."""
@@ -343,8 +344,8 @@ class DynamicsTask(TrainingTask):
 
     def _as_dreamed(self, batch: dict[str, Any]) -> dict[str, Any]:
         """With `round_trip`, the batch's latents (B, W, C, h, w) replaced by their VAE round
-        trip, under bf16 autocast when training runs in bf16 (2.4x faster on this CPU; play
-        runs the frame networks so too, the evaluation's dreams in fp32)."""
+        trip, under bf16 autocast when training runs in bf16 (2.4x faster than fp32 on a CPU
+        with AMX; play runs the frame networks so too, the evaluation's dreams in fp32)."""
         if self.cfg.round_trip:
             with autocast(self.device, self.cfg.train.bf16):
                 frames = self.vae.decode_frames(batch["latents"])
