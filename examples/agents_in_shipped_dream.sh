@@ -81,33 +81,33 @@ python examples/compare_scores.py carried="$out/fresh-carried-s*" \
     carried300="$out/fresh-carried300-s*" random="$out/fresh-random-s*" \
     --json "$out/summary-fresh.json"
 
+# against_carried300 NAME: score $out/NAME-s* on both sets of seeds (1000-3000 and
+# 4000-6000) and compare them with the 300-step carried agents and random play there.
+against_carried300() {
+    for seed in 0 1 2; do
+        for set in "score 1" "fresh 4"; do
+            read -r prefix first <<< "$set"
+            worldsim score --agent "$out/$1-s$seed/agent" --env worldsim/Crafter-v0 \
+                --episodes 20 --seed $((1000 * (seed + first))) --out "$out/$prefix-$1-s$seed"
+        done
+    done
+    for set in "score summary" "fresh summary-fresh"; do
+        read -r prefix summary <<< "$set"
+        python examples/compare_scores.py carried300="$out/$prefix-carried300-s*" \
+            "$1=$out/$prefix-$1-s*" random="$out/$prefix-random-s*" \
+            --json "$out/$summary-$1.json"
+    done
+}
+
 # Twice the training: the 300-step agents resumed from their 150 updates up to 300 (the lr is
-# constant, so this is the longer run), scored on both sets of seeds.
+# constant, so this is the longer run).
 for seed in 0 1 2; do
     [ -e "$out/long300-s$seed" ] || cp -r "$out/carried300-s$seed" "$out/long300-s$seed"
 done
 train_agents long300 --training.no-restart --max-episode-steps 300 --steps 300
-for seed in 0 1 2; do
-    worldsim score --agent "$out/long300-s$seed/agent" --env worldsim/Crafter-v0 \
-        --episodes 20 --seed $((1000 * (seed + 1))) --out "$out/score-long300-s$seed"
-    worldsim score --agent "$out/long300-s$seed/agent" --env worldsim/Crafter-v0 \
-        --episodes 20 --seed $((1000 * (seed + 4))) --out "$out/fresh-long300-s$seed"
-done
-python examples/compare_scores.py carried300="$out/score-carried300-s*" \
-    long300="$out/score-long300-s*" random="$out/score-random-s*" --json "$out/summary-long300.json"
-python examples/compare_scores.py carried300="$out/fresh-carried300-s*" \
-    long300="$out/fresh-long300-s*" random="$out/fresh-random-s*" \
-    --json "$out/summary-fresh-long300.json"
+against_carried300 long300
 
-# The 300-step carried agents again, 150 updates, in the bundle that pays by the "best" rule,
-# scored on both sets of seeds.
-bundle="$runs/bundle-best-shipped" dream_agents best300 --training.no-restart --max-episode-steps 300
-for seed in 0 1 2; do
-    worldsim score --agent "$out/best300-s$seed/agent" --env worldsim/Crafter-v0 \
-        --episodes 20 --seed $((1000 * (seed + 4))) --out "$out/fresh-best300-s$seed"
-done
-python examples/compare_scores.py carried300="$out/score-carried300-s*" \
-    best300="$out/score-best300-s*" random="$out/score-random-s*" --json "$out/summary-best300.json"
-python examples/compare_scores.py carried300="$out/fresh-carried300-s*" \
-    best300="$out/fresh-best300-s*" random="$out/fresh-random-s*" \
-    --json "$out/summary-fresh-best300.json"
+# The 300-step carried agents again, 150 updates, in the bundle that pays by the "best" rule.
+bundle="$runs/bundle-best-shipped" train_agents best300 --training.no-restart \
+    --max-episode-steps 300
+against_carried300 best300

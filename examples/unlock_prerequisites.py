@@ -8,7 +8,8 @@ wood, and so on. An episode that never took the prerequisite before a press cann
 achievement with it, so there the model's probability should be near 0; a model that cannot
 tell would pay an agent a share of the achievement for every press (`pay_once` pays p times the
 share not yet unlocked), and pressing again and again would earn it all. Reads every press of
-each action in the chosen split (frame t's latents and the action, as the reward model does);
+each action in the chosen split (frames t and t + 1 and the action; a model trained with
+`--no-next-frame-input` reads frame t alone);
 needs the dataset's achievement labels (`worldsim data label-achievements`). Prints JSON: per
 achievement and case, the presses, the real unlock rate, and the model's mean probability and
 share of presses above 0.05.
@@ -63,7 +64,7 @@ def main() -> None:
     if action_names is None:
         raise SystemExit(f"{args.data}: its env does not name its actions (a Crafter dataset?)")
     tag = ensure_latents(model.vae, store, args.checkpoint)
-    # presses[achievement][case] = (latents of frame t, unlocked by the press)
+    # presses[achievement][case] = (latents of frames t and t + 1, unlocked by the press)
     presses = {a: {"prerequisite_taken": [], "prerequisite_not_taken": []}
                for a in PREREQUISITES if a in model.achievements}
     for name in store.split(args.split):
@@ -74,7 +75,8 @@ def main() -> None:
             for t in np.flatnonzero(actions == action_names.index(action)):
                 taken = bool(labels[:t, names.index(needed)].any())
                 case = "prerequisite_taken" if taken else "prerequisite_not_taken"
-                cases[case].append((latents[t], bool(labels[t, names.index(achievement)])))
+                cases[case].append((latents[t], latents[t + 1],
+                                    bool(labels[t, names.index(achievement)])))
 
     report = {"checkpoint": args.checkpoint, "data": args.data, "split": args.split}
     with torch.no_grad():
@@ -86,13 +88,14 @@ def main() -> None:
                 if not rows:
                     report[achievement][case] = {"presses": 0}
                     continue
-                frames = torch.tensor(np.stack([z for z, _ in rows]), dtype=torch.float32)
+                before, after = (torch.tensor(np.stack([row[i] for row in rows]),
+                                              dtype=torch.float32) for i in (0, 1))
                 logits = model.reward_model.logits(
-                    frames, {"action": torch.full((len(rows),), action)}, frames)[2]
+                    before, {"action": torch.full((len(rows),), action)}, after)[2]
                 p = logits[:, column].sigmoid()
                 report[achievement][case] = {
                     "presses": len(rows),
-                    "real_unlock_rate": float(np.mean([unlocked for _, unlocked in rows])),
+                    "real_unlock_rate": float(np.mean([row[2] for row in rows])),
                     "mean_probability": p.mean().item(),
                     "share_above_0.05": (p > 0.05).float().mean().item()}
     print(json.dumps(report, indent=1))

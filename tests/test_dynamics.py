@@ -487,7 +487,7 @@ def test_round_trip_trains_on_the_latents_a_reencoding_dream_continues_from(tiny
         tasks[trip] = DynamicsTask(cfg, setup(cfg.train).device)
     raw, tripped = (tasks[k].sample_batch(np.random.default_rng(0), 3) for k in (False, True))
     vae = tasks[True].vae
-    expected = vae.encode_frames(vae.decode_frames(raw["latents"]))
+    expected = vae.encode_frames(vae.decode_frames(raw["latents"]))  # VAE.round_trip
     assert tripped["latents"].shape == raw["latents"].shape
     torch.testing.assert_close(tripped["latents"], expected)
     assert not torch.allclose(tripped["latents"], raw["latents"], atol=1e-3)  # a lossy trip

@@ -308,7 +308,8 @@ class WorldModel:
     def round_trip(self, latents: torch.Tensor) -> torch.Tensor:
         """encode(decode(latents)): (..., C, h, w) -> the same shape, back on the set of
         latents the encoder gives real frames (re-encoding)."""
-        return self.encode(self.decode(latents))
+        with frames_autocast(self.device):
+            return self.vae.round_trip(latents).float()
 
     @torch.no_grad()
     def render_start(self, frames: np.ndarray | torch.Tensor, latents: torch.Tensor,

@@ -715,6 +715,14 @@ def grey_levels(frames: np.ndarray) -> np.ndarray:
     return np.asarray(frames).astype(np.float32) @ GREY_WEIGHTS
 
 
+def sharpness(frames: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> (N,): the mean absolute difference of neighbouring pixels' grey
+    levels, rows and columns averaged (STATISTIC_HELP["sharpness"])."""
+    grey = grey_levels(frames)
+    return (np.abs(np.diff(grey, axis=1)).mean(axis=(1, 2))
+            + np.abs(np.diff(grey, axis=2)).mean(axis=(1, 2))) / 2
+
+
 def colour_histograms(frames: np.ndarray) -> np.ndarray:
     """uint8 (N, H, W, 3) -> per-channel normalised histograms (N, 3, HISTOGRAM_BINS)."""
     frames = np.asarray(frames)
@@ -736,8 +744,7 @@ def frame_statistics(frames: np.ndarray, previous: np.ndarray | None,
     hist = colour_histograms(frames)
     colour = 0.5 * np.abs(hist - reference_histogram[None]).sum(axis=2).mean(axis=1)
     grey = grey_levels(frames)  # (N, H, W)
-    sharp = (np.abs(np.diff(grey, axis=1)).mean(axis=(1, 2))
-             + np.abs(np.diff(grey, axis=2)).mean(axis=(1, 2))) / 2
+    sharp = sharpness(frames)
     if previous is None:
         change = shift_explained = np.full(len(frames), np.nan)
     else:

@@ -275,6 +275,12 @@ class VAE(nn.Module):
         frames = images_to_frames(self.decode(z))
         return frames.reshape(*lead, *frames.shape[1:]).contiguous()
 
+    @torch.no_grad()
+    def round_trip(self, latents: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """encode_frames(decode_frames(latents)): scaled latents (..., C, h, w) -> the same
+        shape, through uint8 frames, as a simulator that re-encodes its frames continues."""
+        return self.encode_frames(self.decode_frames(latents))
+
     # ------------------------------------------------------------------ calibration
     @torch.no_grad()
     def calibrate(self, frames: np.ndarray | torch.Tensor, batch_size: int = 256

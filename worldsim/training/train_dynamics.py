@@ -348,8 +348,7 @@ class DynamicsTask(TrainingTask):
         with AMX; play runs the frame networks so too, the evaluation's dreams in fp32)."""
         if self.cfg.round_trip:
             with autocast(self.device, self.cfg.train.bf16):
-                frames = self.vae.decode_frames(batch["latents"])
-                batch["latents"] = self.vae.encode_frames(frames).float()
+                batch["latents"] = self.vae.round_trip(batch["latents"]).float()
         return batch
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
