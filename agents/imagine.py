@@ -42,6 +42,9 @@ class ImagineConfig:
     """Gymnasium id of the env to train in."""
     obs_mode: Literal["rgb", "latent"] | None = None
     """Observation mode passed to the dream env (None: the env's default)."""
+    reward_mode: Literal["mean", "mode", "achievements"] | None = None
+    """What the dream env pays (None: its default, "mean"); "achievements": only the
+    achievements, each once per episode, with a reward model that predicts their unlocks."""
     tensor_mode: bool = True
     """Dream envs exchange torch tensors with the agent (frames never leave the device)."""
     bf16: bool = False
@@ -88,8 +91,11 @@ def make_env(cfg: ImagineConfig):
         kwargs["max_episode_steps"] = cfg.max_episode_steps
     if cfg.env in DREAM_ENV_IDS:
         kwargs.update(tensor_mode=cfg.tensor_mode, bf16=cfg.bf16)
-    elif cfg.bf16:
-        raise ValueError(f"--bf16 applies to the dream envs {DREAM_ENV_IDS}, not {cfg.env}")
+        if cfg.reward_mode is not None:
+            kwargs["reward_mode"] = cfg.reward_mode
+    elif cfg.bf16 or cfg.reward_mode is not None:
+        raise ValueError(f"--bf16 and --reward-mode apply to the dream envs {DREAM_ENV_IDS}, "
+                         f"not {cfg.env}")
     mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
     return gym.make_vec(cfg.env, num_envs=cfg.num_envs, vectorization_mode=mode, **kwargs)
 

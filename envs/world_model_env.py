@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from worldsim.models.dynamics import RolloutState
 
 OBS_MODES = ("rgb", "latent")
-REWARD_MODES = ("mean", "mode")
+REWARD_MODES = ("mean", "mode", "achievements")
 # Crafter's own frame rate (envs/crafter.py); a bundle may state its source's with "fps".
 DEFAULT_RENDER_FPS = 15
 # Latent observations are normalised to unit variance per channel (the VAE's calibration), so
@@ -210,6 +210,10 @@ class _Rollouts:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
         if reward_mode not in REWARD_MODES:
             raise ValueError(f"reward_mode must be one of {REWARD_MODES}, got {reward_mode!r}")
+        if reward_mode == "achievements" and not wm.achievements:
+            raise ValueError(f"reward_mode='achievements' needs a reward model that predicts "
+                             f"achievement unlocks (worldsim train reward --achievements); "
+                             f"{wm.source} has none")
         if not 0.0 <= termination_threshold <= 1.0:
             raise ValueError(f"termination_threshold must be in [0, 1], got "
                              f"{termination_threshold}")
@@ -297,6 +301,8 @@ class _Rollouts:
         probs = out.reward_probs.float()
         if self.reward_mode == "mean":  # the expected reward, achievements paid once included
             reward = out.reward.float()
+        elif self.reward_mode == "achievements":  # what the Crafter score counts, nothing else
+            reward = out.achievement_reward.float()
         else:
             reward = self.support.to(probs.device)[probs.argmax(-1)]
             if out.achievement_reward is not None:
@@ -375,6 +381,9 @@ class WorldModelEnv(gym.Env):
     From the reward head's distribution over the bundle's reward support (`reward_support`):
     its expected value (reward_mode="mean", what an agent maximising expected return wants) or
     its most likely value (reward_mode="mode": sparse rewards stay exactly 0 or +1). A float.
+    With a reward model that pays achievements once, reward_mode="achievements" pays only their
+    expected part and drops the rest (Crafter's health changes): far into a dream the health
+    part stops meaning much (docs/DESIGN-NOTES.md, "What long dreams pay").
 
     ## Starting State
     `reset(seed=...)` starts from one of the bundle's real start contexts (K frames of
@@ -623,6 +632,15 @@ class WorldModelVectorEnv(VectorEnv):
     @property
     def context_length(self) -> int:
         return self._sim.context_frames
+
+    @property
+    def unlocked(self) -> torch.Tensor | None:
+        """(num_envs, A) float on the device: how surely each row's episode has unlocked each
+        of `world_model.achievements` (the ledger a pay-once reward model pays from; start
+        contexts bring what their real episode had unlocked). None before the first reset or
+        without such a reward model."""
+        state = self._sim.state
+        return None if state is None or state.unlocked is None else state.unlocked.float()
 
     # ------------------------------------------------------------------ Gymnasium API
     def reset(self, *, seed: int | list[int | None] | None = None,

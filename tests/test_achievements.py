@@ -194,6 +194,26 @@ def test_trained_unlock_head_in_a_bundle_pays_once_in_the_dream(tiny_bundle, lab
     env_best.reset(seed=0)
     paid = [env_best.step(5)[1] for _ in range(4)]
     assert sum(paid) <= sum(rewards) + 1e-6
+
+    # reward_mode="achievements" pays the rise of the ledger and nothing else: the same
+    # frames as "mean" for the same seed, minus the health part.
+    vec = {mode: gym.make_vec("worldsim/Dream-v0", num_envs=3, checkpoint=str(bundle),
+                              obs_mode="latent", reward_mode=mode,
+                              vectorization_mode="vector_entry_point")
+           for mode in ("mean", "achievements")}
+    for v in vec.values():
+        v.reset(seed=1)
+    assert vec["achievements"].unwrapped.unlocked.shape == (3, 22)
+    for _ in range(3):
+        before = vec["achievements"].unwrapped.unlocked.clone()
+        obs, paid, *_ = vec["achievements"].step(np.full(3, 5))
+        mean_obs, mean_paid, *_ = vec["mean"].step(np.full(3, 5))
+        rise = (vec["achievements"].unwrapped.unlocked - before).sum(-1)
+        np.testing.assert_allclose(paid, rise.numpy(), atol=1e-5)
+        np.testing.assert_array_equal(obs, mean_obs)
+        assert np.abs(mean_paid - paid).max() < 1.0  # the rest: health tenths, not unlocks
+    with pytest.raises(ValueError, match="reward_mode='achievements' needs a reward model"):
+        gym.make("worldsim/Dream-v0", checkpoint=str(tiny_bundle), reward_mode="achievements")
     with pytest.raises(ValueError, match="pays achievements once"):
         build_bundle(tmp_path / "bad", vae_checkpoint=root / "run-vae",
                      dynamics_checkpoint=tiny_bundle / "dynamics", data=labelled,

@@ -426,7 +426,7 @@ def test_imagine_in_the_dream_then_score_in_the_real_game(tiny_bundle, tmp_path)
     imagine.main(["--checkpoint", str(tiny_bundle), "--num-envs", "2", "--steps", "1",
                   "--preset", "tiny", "--training.horizon", "3", "--no-progress", "--bf16",
                   "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="--bf16 applies to the dream envs"):
+    with pytest.raises(ValueError, match="--bf16 and --reward-mode apply to the dream envs"):
         imagine.main(["--env", "worldsim/Crafter-v0", "--bf16", "--out", str(tmp_path / "x")])
     config = json.loads((tmp_path / "agent" / "config.json").read_text())
     assert config["training"]["env"] == "worldsim/Dream-v0"
