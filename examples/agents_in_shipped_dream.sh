@@ -4,7 +4,7 @@
 # the refiner), with the reward model that pays each achievement once per episode, scored in
 # the real game beside the random agent on the same seeds (issue: agents in imagination).
 #   examples/agents_in_shipped_dream.sh [OUT_DIR]
-# About 4 hours on 2 CPU cores. Needs data/crafter (examples/reproduce_default_model.sh).
+# About 4.5 hours on 2 CPU cores. Needs data/crafter (examples/reproduce_default_model.sh).
 #
 # Only the reward model is new: the shipped bundle's reads frames t and t+1, whose events the
 # DiT rarely draws (docs/DESIGN-NOTES.md); this one reads frame t and the action and learns an
@@ -155,3 +155,22 @@ python examples/compare_scores.py --pool --json "$out/summary-pooled.json" \
     --plot docs/agents-eval/achievements-dream-achievements-only-150k.png \
     "dream agents (150k world model)=$out/*-ach150k300-s*" random="$out/*-random-s*" \
     ach150k="$out/*-ach150k-s*" carried300="$out/*-carried300-s*" ach300="$out/*-ach300-s*"
+
+# The same agent trained on the real game's 150k steps (examples/agents_in_imagination.sh's
+# settings: 625 updates x 16 envs x 15 steps, the game's own reward), scored on the same three
+# sets of seeds and pooled beside the 150k dream's agents and random play.
+for seed in 0 1 2; do
+    worldsim imagine --env worldsim/Crafter-v0 --training.no-restart --num-envs 16 \
+        --steps 625 --preset small --training.lr 6e-4 --threads 1 --log-every 10 \
+        --save-every 25 --seed "$seed" --out "$out/real-s$seed" &
+done
+wait
+for seed in 0 1 2; do
+    for set in "score 1" "fresh 4" "third 7"; do
+        read -r prefix first <<< "$set"
+        worldsim score --agent "$out/real-s$seed/agent" --env worldsim/Crafter-v0 \
+            --episodes 20 --seed $((1000 * (seed + first))) --out "$out/$prefix-real-s$seed"
+    done
+done
+python examples/compare_scores.py --pool --json "$out/summary-pooled-real.json" \
+    real="$out/*-real-s*" dream="$out/*-ach150k300-s*" random="$out/*-random-s*"
