@@ -214,27 +214,36 @@ def score_agent(cfg: ScoreConfig) -> ScoreResult:
         if env.observation_space != model.observation_space:
             raise ValueError(f"the agent in {cfg.agent} sees {model.observation_space}, but "
                              f"{cfg.env} gives {env.observation_space}")
-    episodes = []
+    try:
+        return play_episodes(env, agent, cfg.episodes, cfg.seed, cfg.agent, cfg.env,
+                             cfg.progress)
+    finally:
+        env.close()
+
+
+def play_episodes(env, agent, episodes: int, seed: int, agent_name: str, env_id: str,
+                  progress: bool = False) -> ScoreResult:
+    """Play `episodes` episodes of `env` (episode i reset with seed + i) and score them."""
+    played = []
     bar = None
-    if cfg.progress:
+    if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.episodes, desc="episodes", unit="ep")
+        bar = tqdm(total=episodes, desc="episodes", unit="ep")
     names: list[str] = []
     try:
-        for i in range(cfg.episodes):
-            result = play_episode(env, agent, cfg.seed + i)
+        for i in range(episodes):
+            result = play_episode(env, agent, seed + i)
             if i == 0:
                 names = achievement_names(env, {"achievements": result.achievements})
-            episodes.append(result)
+            played.append(result)
             if bar is not None:
                 bar.set_postfix(ret=f"{result.episode_return:.1f}", len=result.length)
                 bar.update()
     finally:
         if bar is not None:
             bar.close()
-        env.close()
-    return ScoreResult(cfg.agent, cfg.env, episodes, names,
+    return ScoreResult(agent_name, env_id, played, names,
                        list(getattr(env.unwrapped, "action_names", ())))
 
 

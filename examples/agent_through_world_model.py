@@ -20,7 +20,7 @@ import gymnasium as gym
 import torch
 
 import envs  # noqa: F401  (registers worldsim/*)
-from agents.score import ScoreResult, achievement_names, make_agent, play_episode
+from agents.score import make_agent, play_episodes
 from worldsim.world_model import WorldModel
 
 
@@ -45,9 +45,7 @@ class ThroughWorldModel(gym.ObservationWrapper):
 
 def score(env: gym.Env, agent_dir: str, episodes: int, seed: int) -> dict:
     agent = make_agent(agent_dir, env.action_space, seed)
-    played = [play_episode(env, agent, seed + i) for i in range(episodes)]
-    result = ScoreResult(agent_dir, "worldsim/Crafter-v0", played,
-                         achievement_names(env, {"achievements": played[0].achievements}))
+    result = play_episodes(env, agent, episodes, seed, agent_dir, "worldsim/Crafter-v0")
     return {"score": round(result.score, 3),
             "success_rates": {k: v for k, v in result.success_rates.items() if v > 0}}
 

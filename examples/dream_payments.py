@@ -74,11 +74,7 @@ def dream_payments(checkpoint: str, agent: str, steps: int, num_envs: int, bucke
     new = (dream.unlocked - unlocked_at_start).clamp(min=0).mean(0)
     env.close()
     names = list(wm.achievements)
-    action_names = [str(a) for a in range(n_actions)]
-    if wm.env_id == "worldsim/Crafter-v0":
-        import crafter
-
-        action_names = list(crafter.constants.actions)
+    action_names = wm.action_names or [str(a) for a in range(n_actions)]
     share = counts / counts.sum()
 
     def by_bucket(values: list[float]) -> list[float]:
@@ -105,7 +101,7 @@ def real_payments(data: str, steps: int, bucket: int) -> dict:
     total, count, ends = np.zeros(n_buckets), np.zeros(n_buckets), np.zeros(n_buckets, np.int64)
     names = store.split("val")
     for name in names:
-        rewards = store.load(name).arrays()["rewards"].astype(np.float64)
+        rewards = store.load(name).rewards.astype(np.float64)
         health = rewards - load_labels(store, name).sum(1)  # (T,) minus the +1 per unlock
         for b in range(n_buckets):
             part = health[b * bucket:(b + 1) * bucket]

@@ -31,11 +31,7 @@ def main() -> None:
                        obs_mode="latent", tensor_mode=True, bf16=args.bf16,
                        vectorization_mode="vector_entry_point")
     n = env.single_action_space.n
-    names = [str(a) for a in range(n)]
-    if env.unwrapped.world_model.env_id == "worldsim/Crafter-v0":
-        import crafter
-
-        names = list(crafter.constants.actions)
+    names = env.unwrapped.world_model.action_names or [str(a) for a in range(n)]
     g = torch.Generator().manual_seed(args.seed)
     policies = {names[a]: (lambda a=a: torch.full((args.num_envs,), a)) for a in range(n)}
     policies["random"] = lambda: torch.randint(0, n, (args.num_envs,), generator=g)

@@ -135,3 +135,11 @@ def test_contact_sheet_layout():
     assert sheet.shape == (3 * 3 - 1, 2 * 4 - 1, 3)
     assert (sheet[0:2, 4:7] == 10).all() and (sheet[6:8, 0:3] == 40).all()
     assert (sheet[6:8, 4:7] == sheet[2, 0]).all()  # the empty cell is background
+
+
+def test_known_action_names_are_crafters_for_crafter_only():
+    from worldsim.data.info import known_action_names
+
+    names = known_action_names("worldsim/Crafter-v0")
+    assert len(names) == 17 and names[5] == "do" and names[16] == "make_iron_sword"
+    assert known_action_names("CartPole-v1") is None

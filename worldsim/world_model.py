@@ -361,6 +361,14 @@ class WorldModel:
             out[key] = torch.as_tensor(value).to(self.device)
         return out
 
+    @property
+    def action_names(self) -> list[str] | None:
+        """Names of the source env's actions, when it is one whose names are known (Crafter's
+        for worldsim/Crafter-v0); None otherwise."""
+        from worldsim.data.info import known_action_names
+
+        return known_action_names(self.env_id)
+
     # ------------------------------------------------------------------ rollouts
     @property
     def achievements(self) -> tuple[str, ...]:

@@ -60,10 +60,16 @@ class VerifyConfig:
 # ---------------------------------------------------------------------- statistics
 def action_names(store: EpisodeStore) -> list[str] | None:
     """Names of a Discrete action space's actions: from dataset.json ("action_names") if the
-    collector stored them, else Crafter's for worldsim/Crafter-v0."""
+    collector stored them, else those `known_action_names` knows for its env."""
     if store.meta.get("action_names"):
         return list(store.meta["action_names"])
-    if store.env_id == CRAFTER_ENV_ID:
+    return known_action_names(store.env_id)
+
+
+def known_action_names(env_id: str) -> list[str] | None:
+    """Crafter's action names for worldsim/Crafter-v0 (None if crafter is not installed or for
+    any other env)."""
+    if env_id == CRAFTER_ENV_ID:
         try:
             import crafter.constants
         except ImportError:
