@@ -1,4 +1,4 @@
-"""`worldsim data info` and `worldsim data verify`, through subprocesses, on small stores made
+"""`worldsim data info`, `worldsim data verify` and `worldsim data merge`, through subprocesses, on small stores made
 here with known contents."""
 
 import json
@@ -127,6 +127,20 @@ def test_verify_and_info_refuse_a_non_dataset(tmp_path):
     for command in ("info", "verify"):
         result = run(command, tmp_path)
         assert result.returncode != 0 and "no dataset.json" in result.stderr
+
+
+def test_merge_command_gathers_stores_and_refuses_a_non_dataset(crafter_store, tmp_path):
+    other = EpisodeStore.create(tmp_path / "other", env_id="worldsim/Crafter-v0",
+                                observation_space=crafter_store.observation_space,
+                                action_space=crafter_store.action_space)
+    rng = np.random.default_rng(1)
+    other.add(make_episode(4, rng, {"action": rng.integers(0, 17, 4)}), name="ep-other")
+    result = run("merge", crafter_store.root, other.root, "--out", tmp_path / "merged")
+    assert result.returncode == 0, result.stderr
+    assert "4 episodes, 29 frames" in result.stdout and "from 2 datasets" in result.stdout
+    assert run("verify", tmp_path / "merged").returncode == 0
+    result = run("merge", crafter_store.root, tmp_path / "nothing", "--out", tmp_path / "m2")
+    assert result.returncode != 0 and "no dataset.json" in result.stderr
 
 
 def test_contact_sheet_layout():

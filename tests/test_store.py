@@ -10,7 +10,14 @@ from gymnasium import spaces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worldsim.data.store import CorruptEpisodeError, Episode, EpisodeStore, WindowDataset
+from worldsim.data.store import (
+    CorruptEpisodeError,
+    Episode,
+    EpisodeStore,
+    WindowDataset,
+    is_validation,
+    merge_stores,
+)
 
 OBS = spaces.Box(0, 255, (8, 8, 3), np.uint8)
 ACT = spaces.Discrete(5)
@@ -261,3 +268,61 @@ def test_revisits_mark_windows_whose_view_comes_back(tmp_path):
     assert not flags[names == "ep01"].any()
     assert not flags[names == "ep02"].any()
     assert flags.shape == (len(ds),) and flags.dtype == bool
+
+
+def two_stores(tmp_path):
+    """Store a (default start, latents under tag "v1") and store b (another env kwarg)."""
+    a = EpisodeStore.create(tmp_path / "a", env_id="Test-v0", observation_space=OBS,
+                            action_space=ACT, extra={"env_kwargs": {}})
+    b = EpisodeStore.create(tmp_path / "b", env_id="Test-v0", observation_space=OBS,
+                            action_space=ACT, extra={"env_kwargs": {"start_clock": "random"}})
+    for i in range(6):
+        a.add(make_episode(5 + i, tag=i, seed=i), name=f"ep-a{i}")
+        a.write_latents("v1", f"ep-a{i}", np.full((6 + i, 2, 2, 2), i, np.float16))
+    for i in range(4):
+        b.add(make_episode(7, tag=10 + i, seed=10 + i), name=f"ep-b{i}")
+    return a, b
+
+
+def test_merge_gathers_episodes_latents_and_their_split(tmp_path):
+    a, b = two_stores(tmp_path)
+    merged = merge_stores(tmp_path / "m", [a.root, b.root])
+    assert sorted(merged.names) == sorted(a.names + b.names)
+    assert merged.verify() == {}
+    for store in (a, b):
+        for name in store.names:
+            for key, array in store.load(name).arrays().items():
+                assert np.array_equal(merged.load(name).arrays()[key], array), (name, key)
+    assert np.array_equal(merged.load_latents("v1", "ep-a3"), a.load_latents("v1", "ep-a3"))
+    assert not merged.has_latents("v1", "ep-b0")
+    assert set(merged.split("val")) == {n for n in merged.names if is_validation(n)}
+    # The env kwargs differ, so no single one is claimed; each source's is listed.
+    assert "env_kwargs" not in merged.meta
+    assert [(e["env_kwargs"], e["episodes"]) for e in merged.meta["merged_from"]] == \
+        [({}, 6), ({"start_clock": "random"}, 4)]
+    assert EpisodeStore(tmp_path / "m").meta == merged.meta
+
+
+def test_merge_resumes_and_refuses_clashes(tmp_path):
+    a, b = two_stores(tmp_path)
+    # A merge killed midway leaves a temporary episode and a subset of episodes.
+    merge_stores(tmp_path / "m", [a.root])
+    (tmp_path / "m" / "episodes" / ".tmp-ep-b0").mkdir()
+    merged = merge_stores(tmp_path / "m", [a.root, b.root])
+    assert len(merged) == 10 and merged.verify() == {}
+    assert not list((tmp_path / "m" / "episodes").glob(".tmp-*"))
+    # The same name for two different episodes is refused with both places named.
+    c = new_store(tmp_path / "c")
+    c.add(make_episode(3, seed=99), name="ep-a0")
+    with pytest.raises(ValueError, match="ep-a0.*is in both"):
+        merge_stores(tmp_path / "n", [a.root, c.root])
+    with pytest.raises(ValueError, match="exists and is not"):
+        merge_stores(tmp_path / "m", [c.root])
+
+
+def test_merge_refuses_another_space(tmp_path):
+    a, _ = two_stores(tmp_path)
+    other = EpisodeStore.create(tmp_path / "o", env_id="Test-v0", observation_space=OBS,
+                                action_space=spaces.Discrete(7))
+    with pytest.raises(ValueError, match="action_space"):
+        merge_stores(tmp_path / "m", [a.root, other.root])

@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("worldsim.data.minecraft", "import MineRL v0 or OpenAI VPT recordings"),
     "data info": ("worldsim.data.info", "summarise a dataset and write a contact sheet PNG"),
     "data verify": ("worldsim.data.info", "check every file of a dataset against its checksum"),
+    "data merge": ("worldsim.data.info", "gather several datasets of one env into one"),
     "data label-achievements": ("worldsim.data.achievements",
                                 "recover which achievement each transition unlocked (replay)"),
     "train vae": ("worldsim.training.train_vae", "train the frame VAE"),

@@ -1,6 +1,7 @@
 """`worldsim data info DIR`: what a dataset holds (episodes, frames, split, lengths, actions,
 rewards, terminations, bytes on disk, corrupt episodes) and a PNG contact sheet of sample
-frames. `worldsim data verify DIR`: check every file against its CRC-32.
+frames. `worldsim data verify DIR`: check every file against its CRC-32. `worldsim data merge
+--out DIR SRC...`: gather several stores of one env (and their latent caches) into one.
 
 `info` reads through memory maps and checks each file's size and shape but not its checksum
 (that reads every byte); `verify` does.
@@ -21,7 +22,12 @@ import tyro
 from gymnasium import spaces
 
 from worldsim.data.minecraft_actions import CAMERA_KEY, VPT_CAMERA
-from worldsim.data.store import CorruptEpisodeError, EpisodeStore, write_json_atomic
+from worldsim.data.store import (
+    CorruptEpisodeError,
+    EpisodeStore,
+    merge_stores,
+    write_json_atomic,
+)
 
 CRAFTER_ENV_ID = "worldsim/Crafter-v0"
 MAX_DISTINCT_REWARDS = 16  # more distinct reward values than this are binned
@@ -55,6 +61,19 @@ class VerifyConfig:
 
     dir: Annotated[Path, tyro.conf.Positional]
     """The dataset (episode store) directory."""
+
+
+@dataclass
+class MergeConfig:
+    """Gather the episodes of several datasets of one env, with their latent caches, into one
+    dataset (hard links where the file system allows, so no bytes are copied): e.g. play from
+    the default start with play at every hour of the day, for one model to learn from both.
+    Episodes keep their names and so their train/validation split. Run it again to resume."""
+
+    sources: Annotated[tuple[Path, ...], tyro.conf.Positional]
+    """The datasets to merge (same env id, observation and action spaces)."""
+    out: Path
+    """The merged dataset's directory (created, or extended if it is a dataset already)."""
 
 
 # ---------------------------------------------------------------------- statistics
@@ -383,3 +402,15 @@ def main_verify(argv: list[str]) -> None:
         lines = "\n".join(f"  {name}: {reason}" for name, reason in bad.items())
         sys.exit(f"worldsim data verify: {len(bad)} corrupt episodes:\n{lines}")
 
+
+
+def main_merge(argv: list[str]) -> None:
+    cfg = tyro.cli(MergeConfig, args=argv, prog="worldsim data merge")
+    try:
+        merged = merge_stores(cfg.out, list(cfg.sources))
+    except (FileNotFoundError, CorruptEpisodeError, ValueError, KeyError) as e:
+        sys.exit(f"worldsim data merge: {e}")
+    tags = sorted(p.name for p in (cfg.out / "latents").glob("*") if p.is_dir())
+    print(f"{cfg.out}: {len(merged)} episodes, {merged.num_frames} frames "
+          f"({len(merged.split('train'))} train / {len(merged.split('val'))} val) from "
+          f"{len(cfg.sources)} datasets; latent caches: {', '.join(tags) or 'none'}")

@@ -337,6 +337,89 @@ class EpisodeStore:
         return array
 
 
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link `src` to `dst` (no bytes copied, and the files cannot drift apart), or copy
+    it where the two directories are on different file systems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def merge_stores(out: str | os.PathLike, sources: list[str | os.PathLike]) -> EpisodeStore:
+    """Gather the episodes of several stores of one env into store `out`, with their latent
+    caches, e.g. play recorded from the default start with play at every hour of the day
+    (`start_clock="random"`), so that one model learns from both from its first step.
+
+    The sources must share the env id and the observation and action spaces; their env kwargs
+    may differ and are listed per source in `out`'s dataset.json ("merged_from"). Files are
+    hard-linked where possible. Each episode appears in `out` whole or not at all, so a merge
+    killed midway can be run again: episodes already in `out` are skipped if they are the
+    same episode (same checksums) and refused otherwise, as are two sources that name
+    different episodes alike. Episodes keep their names, so each keeps its train/validation
+    split (`is_validation`)."""
+    out = Path(out)
+    stores = [EpisodeStore(s) for s in sources]
+    if not stores:
+        raise ValueError("merge_stores needs at least one source store")
+    first = stores[0]
+    for store in stores[1:]:
+        for key in ("env_id", "observation_space", "action_space"):
+            if store.meta[key] != first.meta[key]:
+                raise ValueError(f"cannot merge {store.root} into {out}: its {key} "
+                                 f"{store.meta[key]!r} differs from {first.root}'s "
+                                 f"{first.meta[key]!r}")
+    kwargs = [s.meta.get("env_kwargs") or {} for s in stores]
+    extra = {k: v for k, v in first.meta.items()
+             if k not in ("format", "format_version", "env_id", "observation_space",
+                          "action_space", "versions", "created", "env_kwargs", "merged_from")}
+    if all(k == kwargs[0] for k in kwargs):
+        extra["env_kwargs"] = kwargs[0]
+    extra["merged_from"] = [{"path": str(s.root), "env_kwargs": k, "episodes": len(s)}
+                            for s, k in zip(stores, kwargs, strict=True)]
+    merged = EpisodeStore.create(out, env_id=first.env_id,
+                                 observation_space=first.observation_space,
+                                 action_space=first.action_space, extra=extra)
+    # Merging more sources into an existing merge lists them beside the earlier ones.
+    listed = {entry["path"]: entry for entry in merged.meta.get("merged_from", [])}
+    listed.update({entry["path"]: entry for entry in extra["merged_from"]})
+    meta = {**merged.meta, "merged_from": list(listed.values())}
+    if len({json.dumps(e["env_kwargs"], sort_keys=True) for e in listed.values()}) > 1:
+        meta.pop("env_kwargs", None)  # no single env recorded all of it
+    if meta != merged.meta:
+        write_json_atomic(out / "dataset.json", meta)
+        merged.meta = meta
+    merged.remove_stale_temporaries(older_than_s=0.0)
+    origin: dict[str, Path] = {}
+    for store in stores:
+        for name in store.names:
+            if name in origin:
+                raise ValueError(f"episode {name} is in both {origin[name]} and {store.root}; "
+                                 "episode names must be unique across merged stores")
+            origin[name] = store.root
+            src = store.root / "episodes" / name
+            dst = out / "episodes" / name
+            if dst.exists():
+                if merged.episode_meta(name)["files"] != store.episode_meta(name)["files"]:
+                    raise ValueError(f"{dst} exists and is not {src}")
+            else:
+                tmp = out / "episodes" / f".tmp-{name}"
+                tmp.mkdir()
+                for path in src.iterdir():
+                    _link_or_copy(path, tmp / path.name)
+                os.replace(tmp, dst)  # the commit point, as in `add`
+            for tag_dir in (store.root / "latents").glob("*"):
+                latents = tag_dir / f"{name}.npy"
+                target = merged.latent_dir(tag_dir.name) / f"{name}.npy"
+                if latents.exists() and not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = target.with_name(f".tmp-{uuid.uuid4().hex}-{target.name}")
+                    _link_or_copy(latents, tmp)
+                    os.replace(tmp, target)
+    merged.scan()
+    return merged
+
+
 # A window "revisits" a view when a frame comes back to within this share of the farthest the
 # view had moved from an earlier frame (WindowDataset.revisits) ...
 REVISIT_RATIO = 0.2
