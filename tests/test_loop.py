@@ -64,3 +64,25 @@ def test_agent_policy_acts_for_a_batch(tmp_path):
         make_policy(f"agents.policy:AgentPolicy={path}", spaces.Discrete(5), 3)
     with pytest.raises(ValueError, match="needs the agent's path"):
         make_policy("agents.policy:AgentPolicy", spaces.Discrete(17), 3)
+
+
+def test_loop_pays_the_agent_for_achievements(tmp_path):
+    """`reward="achievements"`: the collected episodes are labelled, a pay-once reward model
+    is trained on them and bundled, and the agent trains on its achievements reward."""
+    from worldsim.data.achievements import has_labels
+    from worldsim.training.loop import TrainConfig
+
+    quick = TrainConfig(steps=5, batch_size=4, eval_every=0, checkpoint_every_min=0,
+                        progress=False, bf16=False, threads=1)
+    cfg = tiny_loop_config(tmp_path / "loop", budget=120, collect_steps=120,
+                           reward="achievements", reward_train=quick)
+    history = run_loop(cfg)
+    store = EpisodeStore(cfg.out / "data")
+    assert all(has_labels(store, name) for name in store.names)
+    assert history[0]["labels"]["labelled"] == len(store.names)
+    model = read_config(checkpoint_dirs(cfg.out / "reward-000")[-1])["reward_model"]
+    assert model["action_input"] and not model["next_frame_input"]
+    assert "collect_wood" in model["achievements"]
+    assert (cfg.out / "dynamics-000" / "bundle" / "reward").is_dir()
+    agent = read_config(cfg.out / "agent" / "agent")
+    assert agent["training"]["config"]["reward_mode"] == "achievements"

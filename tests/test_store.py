@@ -281,6 +281,12 @@ def two_stores(tmp_path):
         a.write_latents("v1", f"ep-a{i}", np.full((6 + i, 2, 2, 2), i, np.float16))
     for i in range(4):
         b.add(make_episode(7, tag=10 + i, seed=10 + i), name=f"ep-b{i}")
+    for store, first in ((a, 0), (b, 1)):  # achievement labels of some episodes
+        labels = store.root / "labels" / "achievements"
+        labels.mkdir(parents=True)
+        (labels / "names.json").write_text(json.dumps(["wood", "water"]))
+        name = store.names[first]
+        np.save(labels / f"{name}.npy", np.eye(store.length(name), 2, dtype=bool))
     return a, b
 
 
@@ -295,6 +301,9 @@ def test_merge_gathers_episodes_latents_and_their_split(tmp_path):
                 assert np.array_equal(merged.load(name).arrays()[key], array), (name, key)
     assert np.array_equal(merged.load_latents("v1", "ep-a3"), a.load_latents("v1", "ep-a3"))
     assert not merged.has_latents("v1", "ep-b0")
+    labels = merged.root / "labels" / "achievements"
+    assert sorted(p.name for p in labels.iterdir()) == ["ep-a0.npy", "ep-b1.npy", "names.json"]
+    assert np.array_equal(np.load(labels / "ep-b1.npy"), np.eye(7, 2, dtype=bool))
     assert set(merged.split("val")) == {n for n in merged.names if is_validation(n)}
     # The env kwargs differ, so no single one is claimed; each source's is listed.
     assert "env_kwargs" not in merged.meta
@@ -320,8 +329,11 @@ def test_merge_resumes_and_refuses_clashes(tmp_path):
         merge_stores(tmp_path / "m", [c.root])
 
 
-def test_merge_refuses_another_space(tmp_path):
-    a, _ = two_stores(tmp_path)
+def test_merge_refuses_another_space_or_other_label_names(tmp_path):
+    a, b = two_stores(tmp_path)
+    (b.root / "labels" / "achievements" / "names.json").write_text(json.dumps(["wood"]))
+    with pytest.raises(ValueError, match="names.json.*differs"):
+        merge_stores(tmp_path / "m", [a.root, b.root])
     other = EpisodeStore.create(tmp_path / "o", env_id="Test-v0", observation_space=OBS,
                                 action_space=spaces.Discrete(7))
     with pytest.raises(ValueError, match="action_space"):

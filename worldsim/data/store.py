@@ -346,6 +346,31 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+PER_EPISODE_CACHES = ("latents", "labels")  # <root>/<cache>/<tag>/<episode name>.npy
+
+
+def _merge_cache_descriptors(source: Path, out: Path) -> list[Path]:
+    """The per-episode cache directories of store `source` (relative paths such as
+    latents/<tag>), created in `out` with their JSON descriptors, which must match any that
+    `out` has already."""
+    found = []
+    for kind in PER_EPISODE_CACHES:
+        for tag_dir in sorted((source / kind).glob("*")):
+            if not tag_dir.is_dir():
+                continue
+            cache = tag_dir.relative_to(source)
+            (out / cache).mkdir(parents=True, exist_ok=True)
+            for descriptor in tag_dir.glob("*.json"):
+                target = out / cache / descriptor.name
+                if not target.exists():
+                    write_json_atomic(target, json.loads(descriptor.read_text()))
+                elif json.loads(target.read_text()) != json.loads(descriptor.read_text()):
+                    raise ValueError(f"cannot merge {descriptor} into {out}: it differs from "
+                                     f"{target}")
+            found.append(cache)
+    return found
+
+
 def merge_stores(out: str | os.PathLike, sources: list[str | os.PathLike]) -> EpisodeStore:
     """Gather the episodes of several stores of one env into store `out`, with their latent
     caches, e.g. play recorded from the default start with play at every hour of the day
@@ -357,7 +382,11 @@ def merge_stores(out: str | os.PathLike, sources: list[str | os.PathLike]) -> Ep
     killed midway can be run again: episodes already in `out` are skipped if they are the
     same episode (same checksums) and refused otherwise, as are two sources that name
     different episodes alike. Episodes keep their names, so each keeps its train/validation
-    split (`is_validation`)."""
+    split (`is_validation`).
+
+    The per-episode caches come along: `latents/<tag>/` and `labels/<kind>/` (achievement
+    labels). Their JSON descriptors (e.g. the achievement names) must agree across sources.
+    Label each source before merging: replaying needs each episode's env kwargs."""
     out = Path(out)
     stores = [EpisodeStore(s) for s in sources]
     if not stores:
@@ -390,6 +419,7 @@ def merge_stores(out: str | os.PathLike, sources: list[str | os.PathLike]) -> Ep
         write_json_atomic(out / "dataset.json", meta)
         merged.meta = meta
     merged.remove_stale_temporaries(older_than_s=0.0)
+    caches = {store.root: _merge_cache_descriptors(store.root, out) for store in stores}
     origin: dict[str, Path] = {}
     for store in stores:
         for name in store.names:
@@ -408,13 +438,12 @@ def merge_stores(out: str | os.PathLike, sources: list[str | os.PathLike]) -> Ep
                 for path in src.iterdir():
                     _link_or_copy(path, tmp / path.name)
                 os.replace(tmp, dst)  # the commit point, as in `add`
-            for tag_dir in (store.root / "latents").glob("*"):
-                latents = tag_dir / f"{name}.npy"
-                target = merged.latent_dir(tag_dir.name) / f"{name}.npy"
-                if latents.exists() and not target.exists():
-                    target.parent.mkdir(parents=True, exist_ok=True)
+            for cache in caches[store.root]:
+                source = store.root / cache / f"{name}.npy"
+                target = out / cache / f"{name}.npy"
+                if source.exists() and not target.exists():
                     tmp = target.with_name(f".tmp-{uuid.uuid4().hex}-{target.name}")
-                    _link_or_copy(latents, tmp)
+                    _link_or_copy(source, tmp)
                     os.replace(tmp, target)
     merged.scan()
     return merged
