@@ -1,20 +1,56 @@
 #!/usr/bin/env bash
-# The two-hour candidate for the default Crafter world model (not shipped; docs/DESIGN-NOTES.md,
-# the --noise-shift bullet): the shipped model's data and VAE, then a DiT trained from scratch in
-# one 80-minute run with the action dropped from 10% of frames (for classifier-free guidance)
-# and its training noise levels shifted up for the 1-step sampler, its reward model and a
-# 15-minute frame refiner, bundled in $RUNS/two-hour/bundle and evaluated on fresh play like the
-# shipped model. About 2.5 hours on 2 CPU cores, of which training is about 2 hours (VAE 13 min,
-# dynamics 80, reward 7, refiner 15 after sampling its dreams). Every step resumes if
-# interrupted: run it again. It shares the data, VAE and latent cache of
-# examples/reproduce_default_model.sh (same directories), and writes the rest apart.
+# Two-hour candidates for the default Crafter world model (not shipped; docs/DESIGN-NOTES.md,
+# the --noise-shift bullet and the two-hour bullets after it): the shipped model's data and VAE,
+# then a DiT trained from scratch in one 80-minute run with the action dropped from 10% of
+# frames (for classifier-free guidance) and its training noise levels shifted up
+# (--noise-shift 1.5), its reward model and a 15-minute frame refiner, evaluated on fresh play
+# like the shipped model. About 2.5 hours on 2 CPU cores, of which training is about 2 hours
+# (VAE 13 min, dynamics 80, reward 7, refiner 15 after sampling its dreams).
+#
+#   examples/two_hour_candidate.sh [first|mixed]
+#
+#   first  (the default) the first candidate: the DiT learns from the 150k steps of play alone,
+#          and the bundle samples with 1 Euler step; written to $RUNS/two-hour.
+#   mixed  the DiT learns from the 150k steps merged (`worldsim data merge`) with 100k steps of
+#          play starting at every hour of the game's day, so it sees nights end from its first
+#          step, in place of the shipped model's 90-minute run and its two fine-tunes (40 + 35
+#          min); the bundle samples as the shipped one does (2 Euler steps, the second from
+#          0.36, guidance 2), and the refiner learns from dreams sampled that way; written to
+#          $RUNS/two-hour-mixed, with 32 dreams of 200 steps measured before the full report.
+#
+# Every step resumes if interrupted: run it again. It shares the data, VAE and latent caches of
+# examples/reproduce_default_model.sh (same directories) and writes the rest apart.
 set -euo pipefail
+variant=${1:-first}
 data=${DATA:-data/crafter}
 runs=${RUNS:-runs}
-out=$runs/two-hour
 
 # The data (150k steps of play), the VAE (13 min) and the latent cache.
 source "$(dirname "$0")/crafter_data_and_vae.sh"
+
+case $variant in
+first)
+    out=$runs/two-hour
+    dynamics_data=$data
+    sampling=(--sample-steps 1 --guidance 2)
+    ;;
+mixed)
+    out=$runs/two-hour-mixed
+    # 100k steps in which each episode starts the game's clock at a random hour (4 min), as in
+    # examples/reproduce_default_model.sh, merged with the 150k by hard links.
+    [ -e "$data-clock/dataset.json" ] ||
+        worldsim collect --env worldsim/Crafter-v0 --steps 100000 --out "$data-clock" \
+            --num-envs 4 --workers 2 --seed 1 --env-kwargs '{"start_clock": "random"}'
+    worldsim encode --vae "$runs/vae-f4" --data "$data-clock" --batch 256
+    worldsim data merge "$data" "$data-clock" --out "$data-all"
+    dynamics_data=$data-all
+    sampling=(--sample-steps 2 --sample-sigma-min 0.033 --guidance 2)
+    ;;
+*)
+    echo "usage: $0 [first|mixed]" >&2
+    exit 2
+    ;;
+esac
 
 # The DiT: width 192, 4 blocks, 3 heads, a window of 4 frames (3M parameters), diffusing each
 # frame's change from the previous one; 80 min of training time on a cosine. The action is left
@@ -22,7 +58,7 @@ source "$(dirname "$0")/crafter_data_and_vae.sh"
 # guidance, the bundle's --guidance). --noise-shift 1.5 trains at higher noise levels than the
 # EDM default: the 1-step sampler evaluates the network only at the first sampling level, where
 # the action decides the next frame (docs/DESIGN-NOTES.md).
-worldsim train dynamics --data "$data" --vae "$runs/vae-f4" --out "$out/dyn" \
+worldsim train dynamics --data "$dynamics_data" --vae "$runs/vae-f4" --out "$out/dyn" \
     --dit.width 192 --dit.depth 4 --dit.heads 3 --dit.window 4 \
     --action-dropout 0.1 --noise-shift 1.5 \
     --eval-context 2 --eval-horizon 8 --eval-windows 32 \
@@ -36,21 +72,25 @@ worldsim train dynamics --data "$data" --vae "$runs/vae-f4" --out "$out/dyn" \
 worldsim train reward --data "$data" --vae "$runs/vae-f4" --dynamics "$out/dyn/bundle" \
     --out "$out/reward" --train.steps 4000 --train.eval-every 1000 --train.threads 2
 
-# The frame refiner learns from two-step dreams of the DiT as the bundle samples them (guidance
-# 2, re-encoding), so it needs a bundle without it first (15 min after sampling 4,000 dreams).
+# The frame refiner learns from the DiT's dreams as the bundle samples them (guidance 2,
+# re-encoding), so it needs a bundle without it first (15 min after sampling 4,000 dreams).
 worldsim bundle --vae "$runs/vae-f4" --dynamics "$out/dyn" --data "$data" \
-    --reward "$out/reward" --sample-steps 1 --guidance 2 --out "$out/bundle-dit"
+    --reward "$out/reward" "${sampling[@]}" --out "$out/bundle-dit"
 worldsim train refiner --data "$data" --checkpoint "$out/bundle-dit" --out "$out/refiner" \
     --pool 4000 --val-pool 512 --train.steps 4000 --train.time-limit-min 15 --train.threads 2
 
 worldsim bundle --vae "$runs/vae-f4" --dynamics "$out/dyn" --data "$data" \
-    --reward "$out/reward" --refiner "$out/refiner" --sample-steps 1 --guidance 2 \
-    --out "$out/bundle"
+    --reward "$out/reward" --refiner "$out/refiner" "${sampling[@]}" --out "$out/bundle"
 
 # The report is measured on fresh play with a seed no model trained on.
 [ -e "$data-heldout/dataset.json" ] ||
     worldsim collect --env worldsim/Crafter-v0 --steps 30000 --out "$data-heldout" --num-envs 2 \
         --workers 2 --seed 12345
+if [ "$variant" = mixed ]; then  # 32 dreams of 200 steps: the dynamics issue's 200-step target
+    worldsim eval --checkpoint "$out/bundle" --data "$data-heldout" --parts stability \
+        --stability-steps 200 --stability-every 25 --stability-rollouts 32 --threads 2 \
+        --out "$out/s200"
+fi
 worldsim eval --checkpoint "$out/bundle" --data "$data-heldout" \
     --out "$out/eval" --threads 2 --idm-steps 1500 --stability-steps 1000 \
     --stability-rollouts 8
