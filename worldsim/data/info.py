@@ -403,7 +403,6 @@ def main_verify(argv: list[str]) -> None:
         sys.exit(f"worldsim data verify: {len(bad)} corrupt episodes:\n{lines}")
 
 
-
 def main_merge(argv: list[str]) -> None:
     cfg = tyro.cli(MergeConfig, args=argv, prog="worldsim data merge")
     try:

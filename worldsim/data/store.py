@@ -398,23 +398,23 @@ def merge_stores(out: str | os.PathLike, sources: list[str | os.PathLike]) -> Ep
                 raise ValueError(f"cannot merge {store.root} into {out}: its {key} "
                                  f"{store.meta[key]!r} differs from {first.root}'s "
                                  f"{first.meta[key]!r}")
-    kwargs = [s.meta.get("env_kwargs") or {} for s in stores]
     extra = {k: v for k, v in first.meta.items()
              if k not in ("format", "format_version", "env_id", "observation_space",
                           "action_space", "versions", "created", "env_kwargs", "merged_from")}
-    if all(k == kwargs[0] for k in kwargs):
-        extra["env_kwargs"] = kwargs[0]
-    extra["merged_from"] = [{"path": str(s.root), "env_kwargs": k, "episodes": len(s)}
-                            for s, k in zip(stores, kwargs, strict=True)]
     merged = EpisodeStore.create(out, env_id=first.env_id,
                                  observation_space=first.observation_space,
                                  action_space=first.action_space, extra=extra)
-    # Merging more sources into an existing merge lists them beside the earlier ones.
+    # Merging more sources into an existing merge lists them beside the earlier ones; the
+    # merge claims env kwargs only when every source was recorded with the same.
     listed = {entry["path"]: entry for entry in merged.meta.get("merged_from", [])}
-    listed.update({entry["path"]: entry for entry in extra["merged_from"]})
+    listed.update({str(s.root): {"path": str(s.root), "env_kwargs": s.meta.get("env_kwargs") or {},
+                                 "episodes": len(s)} for s in stores})
     meta = {**merged.meta, "merged_from": list(listed.values())}
-    if len({json.dumps(e["env_kwargs"], sort_keys=True) for e in listed.values()}) > 1:
-        meta.pop("env_kwargs", None)  # no single env recorded all of it
+    kwargs = {json.dumps(e["env_kwargs"], sort_keys=True) for e in listed.values()}
+    if len(kwargs) == 1:
+        meta["env_kwargs"] = json.loads(kwargs.pop())
+    else:
+        meta.pop("env_kwargs", None)
     if meta != merged.meta:
         write_json_atomic(out / "dataset.json", meta)
         merged.meta = meta
