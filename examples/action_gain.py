@@ -49,7 +49,8 @@ def main() -> None:
     model, _ = load_dynamics(args.checkpoint)
     levels = model.config.diffusion
     if args.levels == "default":
-        levels = dataclasses.replace(levels, train_p_mean=default_train_p_mean(levels.sigma_data))
+        levels = dataclasses.replace(levels, train_p_mean=default_train_p_mean(levels.sigma_data),
+                                     train_second_share=0.0)
         model.config = dataclasses.replace(model.config, diffusion=levels)
     vae_path = f"{args.checkpoint}/vae"
     store = EpisodeStore(args.data)

@@ -28,6 +28,7 @@ import torch
 
 def main() -> None:
     from worldsim.data.store import EpisodeStore, WindowDataset, collate
+    from worldsim.diffusion.schedules import training_share_at_or_below
     from worldsim.models.vae import VAE
     from worldsim.training.encode import ensure_latents
     from worldsim.training.train_dynamics import windows_to_device
@@ -61,7 +62,8 @@ def main() -> None:
         rows = {}
         for level in args.levels:
             fixed = dataclasses.replace(own, train_p_mean=math.log(level), train_p_std=0.0,
-                                        train_sigma_min=0.0, train_sigma_max=math.inf)
+                                        train_second_share=0.0, train_sigma_min=0.0,
+                                        train_sigma_max=math.inf)
             model.config = dataclasses.replace(model.config, diffusion=fixed)
             with torch.no_grad():
                 losses = [model.loss(batch["latents"], batch["actions"], batch["rewards"],
@@ -69,11 +71,13 @@ def main() -> None:
                                      torch.Generator().manual_seed(seed),
                                      action_dropout=False)[1]["diffusion_loss"]
                           for seed in range(args.seeds)]
-            z = (math.log(level) - own.train_p_mean) / own.train_p_std
-            rows[str(level)] = {"loss": float(np.mean(losses)),
-                                "train_share_at_or_below": 0.5 * math.erfc(-z / math.sqrt(2))}
+            share = training_share_at_or_below(
+                level, p_mean=own.train_p_mean, p_std=own.train_p_std,
+                second_share=own.train_second_share, second_p_mean=own.train_second_p_mean)
+            rows[str(level)] = {"loss": float(np.mean(losses)), "train_share_at_or_below": share}
         model.config = dataclasses.replace(model.config, diffusion=own)
         results[checkpoint] = {"sigma_data": own.sigma_data, "train_p_mean": own.train_p_mean,
+                               "train_second_share": own.train_second_share,
                                "windows": len(picks), "levels": rows}
     print(json.dumps({"data": args.data, "seeds": args.seeds, "models": results}, indent=1))
 

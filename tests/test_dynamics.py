@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -466,6 +467,52 @@ def test_noise_shift_moves_the_training_noise_levels_up(tiny_bundle, tmp_path):
     initial = load_dynamics(tiny_bundle)[0].config.diffusion
     assert (tasks["fine-tune"].model.config.diffusion.train_p_mean
             == pytest.approx(initial.train_p_mean + 1.0))
+
+
+def test_noise_shift_share_trains_on_a_mixture_of_shifted_and_default_levels(tiny_bundle,
+                                                                              tmp_path):
+    """--noise-shift-share moves only that share of the training levels; the rest keep the
+    default log-normal. The mixture is stored with the model, resumes, and cannot be split
+    again by a fine-tune."""
+    from tiny_bundle import tiny_train
+
+    from worldsim.diffusion.schedules import training_share_at_or_below
+    from worldsim.training.loop import setup, train
+    from worldsim.training.train_dynamics import DynamicsTask, TrainDynamicsConfig
+    from worldsim.world_model import load_dynamics
+
+    root = tiny_bundle.parent.parent
+    ctx = setup(tiny_train(2, 4))
+
+    def config(name, **kwargs):
+        return TrainDynamicsConfig(data=root / "data", vae=root / "run-vae", out=tmp_path / name,
+                                   dit=dit_tiny(), train=tiny_train(2, 4), **kwargs)
+
+    plain = DynamicsTask(config("plain"), "cpu").model.config.diffusion
+    cfg = config("mixed", noise_shift=1.5, noise_shift_share=0.25)
+    levels = DynamicsTask(cfg, "cpu").model.config.diffusion
+    assert levels.train_p_mean == pytest.approx(plain.train_p_mean + 1.5)
+    assert levels.train_second_share == pytest.approx(0.75)
+    assert levels.train_second_p_mean == pytest.approx(plain.train_p_mean)
+    train(DynamicsTask(cfg, "cpu"), cfg.train, cfg.out, ctx)
+    model = load_dynamics(cfg.out)[0]
+    assert model.config.diffusion == levels
+    log_sigma = model.training_noise_levels(200, 50, torch.Generator().manual_seed(0))[0].log()
+    median = plain.train_p_mean + 0.5
+    expected = training_share_at_or_below(math.exp(median), p_mean=levels.train_p_mean,
+                                          p_std=levels.train_p_std, second_share=0.75,
+                                          second_p_mean=levels.train_second_p_mean)
+    assert (log_sigma <= median).float().mean().item() == pytest.approx(expected, abs=0.02)
+    shifted, default = (training_share_at_or_below(math.exp(median), p_mean=mean,
+                                                   p_std=levels.train_p_std)
+                        for mean in (levels.train_p_mean, plain.train_p_mean))
+    assert expected == pytest.approx(0.25 * shifted + 0.75 * default) and shifted < default
+    assert train(DynamicsTask(cfg, "cpu"), cfg.train, cfg.out, ctx).step == 2  # resumes
+    with pytest.raises(ValueError, match="already are a mixture"):
+        DynamicsTask(config("split", init_from=cfg.out, noise_shift=1.0,
+                             noise_shift_share=0.5), "cpu")
+    with pytest.raises(ValueError, match=r"in \(0, 1\]"):
+        DynamicsTask(config("none", noise_shift=1.0, noise_shift_share=0.0), "cpu")
 
 
 def test_round_trip_trains_on_the_latents_a_reencoding_dream_continues_from(tiny_bundle, tmp_path):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 
@@ -54,6 +54,10 @@ SAMPLE_STEPS = 4
 class DiffusionConfig:
     """Noise levels and sampler of the dynamics model (all in units of the normalised latent)."""
 
+    # Settings added after checkpoints were first written, with the values older ones had.
+    ADDED_LATER: ClassVar[dict[str, Any]] = {"train_second_share": 0.0,
+                                             "train_second_p_mean": 0.0}
+
     sigma_data: float = SIGMA_DATA
     """Standard deviation of the (normalised) latents; EDM's sigma_data."""
     context_sigma: float = CONTEXT_SIGMA
@@ -62,6 +66,12 @@ class DiffusionConfig:
     """Mean of ln(sigma) for training noise levels (log-normal)."""
     train_p_std: float = TRAIN_P_STD
     """Standard deviation of ln(sigma) for training noise levels."""
+    train_second_share: float = 0.0
+    """Share of training levels drawn from a second log-normal, around `train_second_p_mean`
+    (same std): a mixture, e.g. of shifted and default levels (`shifted_noise`). 0: one
+    log-normal."""
+    train_second_p_mean: float = 0.0
+    """Mean of ln(sigma) of the second component (used when `train_second_share` > 0)."""
     train_sigma_min: float = TRAIN_SIGMA_MIN
     """Smallest training noise level (draws are clipped)."""
     train_sigma_max: float = TRAIN_SIGMA_MAX
@@ -232,7 +242,22 @@ def default_train_p_mean(sigma_data: float) -> float:
     return TRAIN_P_MEAN + math.log(float(sigma_data) / SIGMA_DATA)
 
 
-def shifted_noise(config: DiffusionConfig, shift: float) -> DiffusionConfig:
+def shifted_noise(config: DiffusionConfig, shift: float, share: float = 1.0) -> DiffusionConfig:
     """`config` with its training noise levels moved up (shift > 0) or down by `shift` in
-    ln(sigma); the sampling levels stay where they are."""
-    return dataclasses.replace(config, train_p_mean=config.train_p_mean + float(shift))
+    ln(sigma); the sampling levels stay where they are. With `share` < 1 only that share of
+    the levels moves: the rest keep `config`'s (main) log-normal, as the mixture's second
+    component. A config that already is a mixture has both components moved when `share` is 1;
+    it cannot be split again."""
+    if not 0 < share <= 1:
+        raise ValueError(f"the share of shifted training levels must be in (0, 1], got {share}")
+    if share == 1:
+        second = config.train_second_p_mean + (float(shift) if config.train_second_share else 0.0)
+        return dataclasses.replace(config, train_p_mean=config.train_p_mean + float(shift),
+                                   train_second_p_mean=second)
+    if config.train_second_share > 0:
+        raise ValueError("the training levels already are a mixture (a share "
+                         f"{config.train_second_share} around ln sigma "
+                         f"{config.train_second_p_mean:.3f}); only a whole shift can move them")
+    return dataclasses.replace(config, train_p_mean=config.train_p_mean + float(shift),
+                               train_second_share=1.0 - share,
+                               train_second_p_mean=config.train_p_mean)

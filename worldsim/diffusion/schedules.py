@@ -3,18 +3,37 @@ samplers walk down. Pure functions of their arguments (no stateful scheduler obj
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
 def sample_training_sigmas(shape: tuple[int, ...], *, p_mean: float, p_std: float,
-                           sigma_min: float, sigma_max: float,
+                           sigma_min: float, sigma_max: float, second_share: float = 0.0,
+                           second_p_mean: float = 0.0,
                            generator: torch.Generator | None = None,
                            device: torch.device | str = "cpu") -> torch.Tensor:
     """Independent log-normal noise levels, ln(sigma) ~ N(p_mean, p_std^2) (Karras et al. 2022,
     Sec. 5), clipped to [sigma_min, sigma_max]. For Diffusion Forcing, `shape` is (B, T): every
-    frame of every window gets its own level."""
+    frame of every window gets its own level. With `second_share` > 0 the levels come from a
+    mixture: that share of them, chosen independently, is drawn around `second_p_mean`
+    instead (same p_std)."""
     log_sigma = torch.randn(shape, generator=generator, device=device) * p_std + p_mean
+    if second_share > 0:
+        second = torch.rand(shape, generator=generator, device=device) < second_share
+        log_sigma = torch.where(second, log_sigma + (second_p_mean - p_mean), log_sigma)
     return log_sigma.exp().clamp(sigma_min, sigma_max)
+
+
+def training_share_at_or_below(level: float, *, p_mean: float, p_std: float,
+                               second_share: float = 0.0, second_p_mean: float = 0.0) -> float:
+    """The share of `sample_training_sigmas`' levels at or below `level` (before clipping)."""
+    def normal_cdf(mean: float) -> float:
+        if p_std == 0:
+            return float(math.log(level) >= mean)
+        return 0.5 * math.erfc(-(math.log(level) - mean) / (p_std * math.sqrt(2)))
+
+    return (1 - second_share) * normal_cdf(p_mean) + second_share * normal_cdf(second_p_mean)
 
 
 def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0,

@@ -407,7 +407,9 @@ class DynamicsModel(nn.Module):
         dcfg = self.config.diffusion
         sigma = sample_training_sigmas((batch_size, frames), p_mean=dcfg.train_p_mean,
                                        p_std=dcfg.train_p_std, sigma_min=dcfg.train_sigma_min,
-                                       sigma_max=dcfg.train_sigma_max, generator=generator,
+                                       sigma_max=dcfg.train_sigma_max,
+                                       second_share=dcfg.train_second_share,
+                                       second_p_mean=dcfg.train_second_p_mean, generator=generator,
                                        device=device)
         teacher_forcing = (torch.rand(batch_size, generator=generator, device=device)
                            < self.config.teacher_forcing_prob)
