@@ -318,10 +318,12 @@ class DynamicsTask(TrainingTask):
                     if getattr(c, k) != default}
         if c.round_trip:  # the latent space is the encoder's; the round trip is the decoder's too
             emphasis["round_trip_vae_fingerprint"] = self.vae.fingerprint()
+        # Diffusion settings added later are left out while they hold the values older runs
+        # had (one log-normal), so that those runs still resume.
         dynamics = self.dynamics_config.to_dict()
-        if not dynamics["diffusion"]["train_second_share"]:  # one log-normal, as older runs
-            for key in ("train_second_share", "train_second_p_mean"):
-                del dynamics["diffusion"][key]
+        if dynamics["diffusion"]["train_second_share"] == 0:  # the second mean is then unused
+            dynamics["diffusion"] = {k: v for k, v in dynamics["diffusion"].items()
+                                     if k not in DiffusionConfig.ADDED_LATER}
         return {"dynamics": dynamics, "window": self.window, **fine_tuning,
                 **emphasis,
                 "vae_fingerprint": self.vae.latent_fingerprint(), "latent_tag": self.tag,
