@@ -10,6 +10,8 @@ best (least disturbed) of its calls.
 
     python benchmarks/dit_step.py                       # presets S and M, windows 8 and 16
     python benchmarks/dit_step.py --presets S --windows 8 --long-steps 200
+    python benchmarks/dit_step.py --presets XS --windows 4 --train-batch 32 --train-iters 8 \
+        --step-batches 1 --num-steps 2 --long-steps 0     # the shipped Crafter DiT's size
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from worldsim.diffusion.sampling import get_sampler
 from worldsim.diffusion.schedules import karras_sigmas
 from worldsim.models.dit import DIT_PRESETS, Conditioning
 from worldsim.models.dynamics import DynamicsConfig, DynamicsModel
+from worldsim.models.transformer import TeacherForcingAttention
 from worldsim.runtime import autocast, configure
 
 CRAFTER_ACTIONS = spaces.Discrete(17)
@@ -98,20 +101,27 @@ def random_actions(B: int, T: int) -> dict[str, torch.Tensor]:
 
 
 def training(model: DynamicsModel, batch: int, frames: int, iters: int, latent) -> dict:
-    """Windows per second of a full training step (loss, backward, AdamW), fp32 vs bf16."""
+    """Windows per second of a full training step (loss, backward, AdamW), fp32 vs bf16, and
+    in bf16 with the noisy frames' attention in its fused form (`scaled_dot_product_attention`
+    per frame) against the explicit one a CPU uses (`TeacherForcingAttention`)."""
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     data = (torch.randn(batch, frames, *latent), random_actions(batch, frames - 1),
             torch.zeros(batch, frames - 1), torch.zeros(batch, frames - 1, dtype=torch.bool))
 
-    def one(bf16: bool) -> None:
-        with autocast("cpu", bf16):
-            loss, _ = model.loss(*data)
+    def one(bf16: bool, explicit: bool | None = None) -> None:
+        TeacherForcingAttention.prefer_explicit = explicit
+        try:
+            with autocast("cpu", bf16):
+                loss, _ = model.loss(*data)
+        finally:
+            TeacherForcingAttention.prefer_explicit = None
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    times = interleaved({"fp32": lambda: one(False), "bf16": lambda: one(True)}, iters)
+    times = interleaved({"fp32": lambda: one(False), "bf16": lambda: one(True),
+                         "bf16_fused_attention": lambda: one(True, explicit=False)}, iters)
     return {f"train_windows_per_s_{k}": rate(v, batch) for k, v in times.items()}
 
 

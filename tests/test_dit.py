@@ -68,7 +68,7 @@ def test_initialize_weights_restores_zero_output():
 
 def test_presets_grow():
     sizes = {k: sum(p.numel() for p in DiT(f()).parameters()) for k, f in DIT_PRESETS.items()}
-    assert sizes["tiny"] < sizes["S"] < sizes["M"]
+    assert sizes["tiny"] < sizes["XS"] < sizes["S"] < sizes["M"]
     assert 3e6 < sizes["S"] < 8e6 and 10e6 < sizes["M"] < 25e6
     assert DiTConfig().width == DIT_PRESETS["S"]().width  # the default is "S"
 
@@ -173,14 +173,44 @@ def test_shape_mismatch_is_named():
 
 @pytest.mark.parametrize("frames,window", [(5, 3), (4, 4), (6, 1), (3, 8)])
 def test_teacher_forcing_attention_equals_its_dense_mask(frames, window):
-    """The two-call teacher-forcing attention equals dense attention under the layout's mask."""
+    """The two-call teacher-forcing attention equals dense attention under the layout's mask,
+    in both of its forms."""
     N, H, E = 4, 2, 8
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, H, 2 * frames * N, E, generator=g) for _ in range(3))
     dense_mask = token_mask(teacher_forcing_frame_mask(frames, window), N)
     expected = MaskedAttention(dense_mask)(q, k, v, 0)
-    got = TeacherForcingAttention(frames, N, window)(q, k, v, 0)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    for explicit in (True, False):  # both forms of the noisy frames' attention
+        got = TeacherForcingAttention(frames, N, window, explicit=explicit)(q, k, v, 0)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_teacher_forcing_attention_forms_agree_in_gradient_and_in_bf16():
+    """Training differentiates through the attention: both forms give the dense mask's
+    gradients, and under bf16 they stay within bf16 rounding of it."""
+    frames, window, N, H, E = 4, 4, 4, 2, 8
+    dense_mask = token_mask(teacher_forcing_frame_mask(frames, window), N)
+    g = torch.Generator().manual_seed(1)
+    qkv = [torch.randn(2, H, 2 * frames * N, E, generator=g) for _ in range(3)]
+    weights = torch.randn(2, H, 2 * frames * N, E, generator=g)
+
+    def grads(attend, dtype=torch.float32):
+        leaves = [t.clone().to(dtype).requires_grad_() for t in qkv]
+        out = attend(*leaves, 0)
+        (out.float() * weights).sum().backward()
+        return out.float(), [t.grad.float() for t in leaves]
+
+    expected, expected_grads = grads(MaskedAttention(dense_mask))
+    for explicit in (True, False):
+        attend = TeacherForcingAttention(frames, N, window, explicit=explicit)
+        out, got = grads(attend)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        for a, b in zip(got, expected_grads, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        out, got = grads(attend, torch.bfloat16)
+        torch.testing.assert_close(out, expected, atol=0.05, rtol=0.05)
+        for a, b in zip(got, expected_grads, strict=True):
+            torch.testing.assert_close(a, b, atol=0.1, rtol=0.05)
 
 
 def test_teacher_forcing_frame_mask_layout():

@@ -77,6 +77,12 @@ def dit_tiny(**overrides) -> DiTConfig:
     return replace(DiTConfig(width=64, depth=2, heads=2, window=4), **overrides)
 
 
+def dit_xs(**overrides) -> DiTConfig:
+    """The shipped Crafter model's size: width 192, 4 blocks, 3 heads, window 4 (2.8M
+    parameters; 3.0M with the action encoder and heads)."""
+    return replace(DiTConfig(width=192, depth=4, heads=3, window=4), **overrides)
+
+
 def dit_s(**overrides) -> DiTConfig:
     """The default: width 256, 6 blocks, 4 heads, window 8 (7.4M parameters)."""
     return replace(DiTConfig(width=256, depth=6, heads=4), **overrides)
@@ -88,7 +94,8 @@ def dit_m(**overrides) -> DiTConfig:
 
 
 # Size presets; the keys are also the CLI choices.
-DIT_PRESETS: dict[str, Callable[..., DiTConfig]] = {"tiny": dit_tiny, "S": dit_s, "M": dit_m}
+DIT_PRESETS: dict[str, Callable[..., DiTConfig]] = {"tiny": dit_tiny, "XS": dit_xs, "S": dit_s,
+                                                   "M": dit_m}
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +133,15 @@ def token_mask(frame_mask: torch.Tensor, tokens_per_frame: int) -> torch.Tensor 
             .repeat_interleave(tokens_per_frame, dim=1))
 
 
+def token_mask_bias(frame_mask: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
+    """A frame-level mask (T, T') expanded to tokens as an additive bias, (T*N, T'*N) float32:
+    0 where the frames meet, -inf where they do not."""
+    bias = torch.zeros(frame_mask.shape, device=frame_mask.device).masked_fill(~frame_mask,
+                                                                               float("-inf"))
+    return bias.repeat_interleave(tokens_per_frame, dim=0).repeat_interleave(tokens_per_frame,
+                                                                              dim=1)
+
+
 def block_causal_mask(frames: int, tokens_per_frame: int, window: int,
                       device: torch.device | str = "cpu") -> torch.Tensor | None:
     """The block-causal band mask over tokens, (T*N, T*N) bool, or None for one frame."""
@@ -181,20 +190,47 @@ def teacher_forcing_frame_mask(frames: int, window: int,
 class TeacherForcingAttention:
     """The teacher-forcing layout's attention (`teacher_forcing_frame_mask`) without computing
     the blocks it masks out: the context stream attends block-causally among itself; each
-    noisy frame attends to its window's W-1 earlier context frames and to itself, as one batch
-    entry per frame. That is about 2 T^2 frame pairs instead of the dense mask's 4 T^2 (the
-    attention dominated training time on CPU)."""
+    noisy frame attends to its window's W-1 earlier context frames and to itself. That is
+    about 2 T^2 frame pairs instead of the dense mask's 4 T^2 (the attention dominated training
+    time on CPU).
+
+    The noisy frames' attention has two forms, equal up to rounding:
+    - `explicit` (the default on CPU): the scores of the noisy queries against all T context
+      frames (the band of earlier frames kept by an additive mask) and against their own
+      frame, one softmax in fp32 over both, written as matrix products. On CPU the fused
+      attention's backward pass is slow (ten times its forward pass here, where the matrix
+      products run on bf16 units): the shipped DiT's size trains at 31.4 windows of 4 frames
+      per second this way against 27.1 with the fused form (batch 32, bf16 autocast, 2 cores;
+      `benchmarks/dit_step.py --presets XS`, which times the two interleaved);
+    - otherwise `scaled_dot_product_attention` with one batch entry per noisy frame, whose
+      keys are gathered window by window (the fused kernels of a GPU).
+    `explicit` None: the class's `prefer_explicit` if set (what a benchmark compares), else by
+    device.
+    """
+
+    prefer_explicit: ClassVar[bool | None] = None
 
     def __init__(self, frames: int, tokens_per_frame: int, window: int,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", explicit: bool | None = None):
         self.T, self.N, self.W = frames, tokens_per_frame, window
+        explicit = self.prefer_explicit if explicit is None else explicit
+        self.explicit = torch.device(device).type == "cpu" if explicit is None else explicit
         self.context_mask = block_causal_mask(frames, tokens_per_frame, window, device)
-        # Noisy frame t's keys: context frames t-W+1 .. t-1 (those before frame 0 are padding),
-        # then its own tokens. (T, W*N), True = attend.
-        earlier = torch.arange(frames, device=device)[:, None] - window + 1 + torch.arange(
-            window - 1, device=device)[None, :]
-        keys = torch.cat([earlier >= 0, torch.ones(frames, 1, dtype=torch.bool, device=device)], 1)
-        self.noisy_mask = None if bool(keys.all()) else keys.repeat_interleave(tokens_per_frame, 1)
+        frame = torch.arange(frames, device=device)
+        if self.explicit:
+            # Noisy frame t sees context frames t-W+1 .. t-1: 0 there, -inf elsewhere, per
+            # token (T*N, T*N) float32 (frame 0 sees none of them, only itself).
+            offset = frame[:, None] - frame[None, :]
+            earlier = (offset >= 1) & (offset < window)
+            self.earlier_bias = token_mask_bias(earlier, tokens_per_frame)
+        else:
+            # Noisy frame t's keys: context frames t-W+1 .. t-1 (those before frame 0 are
+            # padding), then its own tokens. (T, W*N), True = attend.
+            earlier = frame[:, None] - window + 1 + torch.arange(window - 1, device=device)[None, :]
+            keys = torch.cat([earlier >= 0, torch.ones(frames, 1, dtype=torch.bool,
+                                                       device=device)], 1)
+            self.noisy_mask = (None if bool(keys.all())
+                               else keys.repeat_interleave(tokens_per_frame, 1))
 
     def _windows(self, context: torch.Tensor) -> torch.Tensor:
         """(B, H, T*N, E) context keys or values -> (B, H, T, (W-1)*N, E): for every frame t,
@@ -206,6 +242,21 @@ class TeacherForcingAttention:
         windows = padded.unfold(2, W - 1, 1)[:, :, :T]  # (B, H, T, N, E, W-1)
         return rearrange(windows, "b h t n e w -> b h t (w n) e")
 
+    def _noisy_explicit(self, q: torch.Tensor, k_ctx: torch.Tensor, v_ctx: torch.Tensor,
+                        k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Noisy queries q (B, H, T*N, E) against the context's keys/values (B, H, T*N, E) and
+        their own frame's (k, v) -> (B, H, T*N, E)."""
+        T, N = self.T, self.N
+        per_frame = lambda t: rearrange(t, "b h (t n) e -> b h t n e", n=N)  # noqa: E731
+        q = q * q.shape[-1] ** -0.5
+        to_context = q @ k_ctx.transpose(-1, -2) + self.earlier_bias.to(q.dtype)  # (B,H,TN,TN)
+        to_itself = per_frame(q) @ per_frame(k).transpose(-1, -2)  # (B, H, T, N, N)
+        scores = torch.cat([rearrange(to_context, "b h (t n) m -> b h t n m", n=N), to_itself],
+                           dim=-1)  # (B, H, T, N, T*N + N)
+        p = scores.float().softmax(-1).to(v.dtype)
+        return (rearrange(p[..., :T * N], "b h t n m -> b h (t n) m") @ v_ctx
+                + rearrange(p[..., T * N:] @ per_frame(v), "b h t n e -> b h (t n) e"))
+
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  layer: int) -> torch.Tensor:
         B, H, L, E = q.shape
@@ -215,6 +266,9 @@ class TeacherForcingAttention:
         (q_ctx, q_noisy), (k_ctx, k_noisy), (v_ctx, v_noisy) = (
             t.split(T * N, dim=2) for t in (q, k, v))
         out_ctx = F.scaled_dot_product_attention(q_ctx, k_ctx, v_ctx, attn_mask=self.context_mask)
+        if self.explicit:
+            return torch.cat([out_ctx, self._noisy_explicit(q_noisy, k_ctx, v_ctx, k_noisy,
+                                                            v_noisy)], dim=2)
         per_frame = lambda t: rearrange(t, "b h (t n) e -> b h t n e", n=N)  # noqa: E731
         k_all = torch.cat([self._windows(k_ctx), per_frame(k_noisy)], dim=3)  # (B, H, T, W*N, E)
         v_all = torch.cat([self._windows(v_ctx), per_frame(v_noisy)], dim=3)
