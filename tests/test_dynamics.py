@@ -103,13 +103,16 @@ def test_training_noise_levels_and_layout_choice():
     assert abs(teacher_forcing.float().mean().item() - share) < 0.03
 
 
-def test_teacher_forcing_layout_is_the_inference_situation():
+@pytest.mark.parametrize("from_seen,augmented", [(False, False), (True, True)])
+def test_teacher_forcing_layout_is_the_inference_situation(from_seen, augmented):
     """In the teacher-forcing layout, noisy frame t is denoised exactly as the sampler
     denoises it at inference: attending to the cached frames 0..t-1 (at the context level,
     window 4) and to itself, reading frame t-1 as seen in context, and predicting the change
-    from the clean frame t-1. Checked against the KV-cached network, frame by frame; frame 0
-    is its own predecessor and carries no loss."""
+    from frame t-1 (clean, or as seen with `residual_from_seen`). Checked against the
+    KV-cached network, frame by frame; frame 0 is its own predecessor and carries no loss.
+    With context-noise augmentation the context frames carry the levels drawn for them."""
     model = tiny_model()
+    model.config.residual_from_seen = from_seen
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -123,21 +126,25 @@ def test_teacher_forcing_layout_is_the_inference_situation():
     def shifted(frames):
         return torch.cat([frames[:, :1], frames[:, :-1]], 1)
 
+    dcfg = model.config.diffusion
+    ctx_sigma = (torch.rand(B, T, generator=g) * 0.5 + dcfg.context_sigma if augmented
+                 else torch.full((B, T), dcfg.context_sigma))
     with torch.no_grad():
-        frame_loss, head_tokens = model._denoising_pass(x0, emb, sigma, noise, context_noise,
-                                                        teacher_forcing=True)
+        frame_loss, head_tokens = model._denoising_pass(
+            x0, emb, sigma, noise, context_noise, teacher_forcing=True,
+            context_sigma=ctx_sigma if augmented else None)
         assert frame_loss.shape == (B, T - 1)
-        dcfg = model.config.diffusion
-        ctx_sigma = torch.full((B, T), dcfg.context_sigma)
         x_ctx = add_noise(x0, ctx_sigma, context_noise)
+        reference = x_ctx if from_seen else x0  # what each frame's change is taken from
         for t in range(1, T):
             cache = KVCache.empty(B, model.config.dit.window, model.config.dit.depth)
             s = get_scalings(ctx_sigma[:, :t], dcfg.sigma_data)
-            model.dit.features(append_dims(s.c_in, 5) * (x_ctx[:, :t] - shifted(x0[:, :t])),
+            model.dit.features(append_dims(s.c_in, 5) * (x_ctx[:, :t]
+                                                         - shifted(reference[:, :t])),
                                s.c_noise, Conditioning(emb[:, :t], cache,
                                                        previous=shifted(x_ctx[:, :t])))
             cache.commit(t)
-            den = OffsetDenoiser(model.denoiser, x0[:, t - 1:t])
+            den = OffsetDenoiser(model.denoiser, reference[:, t - 1:t])
             x_t = add_noise(x0[:, t:t + 1], sigma[:, t:t + 1], noise[:, t:t + 1])
             denoised = den(x_t, sigma[:, t:t + 1],
                            Conditioning(emb[:, t:t + 1], cache, previous=x_ctx[:, t - 1:t]))
@@ -544,3 +551,57 @@ def test_round_trip_trains_on_the_latents_a_reencoding_dream_continues_from(tiny
     assert tasks[True].config()["round_trip"] is True
     loss, _ = tasks[True].loss(tasks[True].model, tripped)
     assert torch.isfinite(loss)
+
+
+def test_context_noise_augmentation_and_the_change_from_the_seen_frame(tiny_bundle, tmp_path,
+                                                                      monkeypatch):
+    """--context-noise-max draws each context frame's training level log-uniform between the
+    inference level and the maximum; --residual-from-seen takes the change from the frame as
+    the network saw it, in training and in a rollout (an untrained model copies that frame).
+    Both are stored with the model and resume; a maximum at or below the inference level is
+    refused."""
+    from tiny_bundle import tiny_train
+
+    from worldsim.training.loop import setup, train
+    from worldsim.training.train_dynamics import DynamicsTask, TrainDynamicsConfig
+    from worldsim.world_model import load_dynamics
+
+    root = tiny_bundle.parent.parent
+    ctx = setup(tiny_train(2, 4))
+
+    def config(name, **kwargs):
+        return TrainDynamicsConfig(data=root / "data", vae=root / "run-vae", out=tmp_path / name,
+                                   dit=dit_tiny(), train=tiny_train(2, 4), **kwargs)
+
+    plain = DynamicsTask(config("plain"), "cpu").model
+    assert plain.training_context_levels(4, 3) is None
+    assert "residual_from_seen" not in DynamicsTask(config("plain"), "cpu").config()["dynamics"]
+    cfg = config("augmented", context_noise_max=0.5, residual_from_seen=True)
+    train(DynamicsTask(cfg, "cpu"), cfg.train, cfg.out, ctx)
+    model = load_dynamics(cfg.out)[0]
+    assert model.config.residual_from_seen
+    low = model.config.diffusion.context_sigma
+    assert model.config.diffusion.train_context_sigma_max == 0.5
+    levels = model.training_context_levels(200, 50, torch.Generator().manual_seed(0))
+    assert levels.min() >= low and levels.max() <= 0.5
+    median = math.sqrt(low * 0.5)  # log-uniform: half the levels below the geometric mean
+    assert (levels <= median).float().mean().item() == pytest.approx(0.5, abs=0.02)
+    assert train(DynamicsTask(cfg, "cpu"), cfg.train, cfg.out, ctx).step == 2  # resumes
+    with pytest.raises(ValueError, match="must exceed the context noise level"):
+        DynamicsTask(config("low", context_noise_max=low / 2), "cpu")
+
+    # A denoiser that predicts no change: the rollout lands on the frame the change is taken
+    # from, the seen one (with its context noise) or the clean one.
+    model = tiny_model()
+    monkeypatch.setattr(DynamicsModel, "denoiser",
+                        property(lambda self: lambda x, sigma, cond: torch.zeros_like(x)))
+    context = torch.randn(2, 2, C, H, W, generator=torch.Generator().manual_seed(0))
+    for from_seen in (False, True):
+        model.config.residual_from_seen = from_seen
+        state = model.start(context, {"action": torch.zeros(2, 1, dtype=torch.long)},
+                            torch.Generator().manual_seed(1))
+        clean, seen = state.last_latents.clone(), state.last_seen.clone()
+        out = model.step(state, {"action": torch.zeros(2, dtype=torch.long)},
+                         torch.Generator().manual_seed(2))
+        torch.testing.assert_close(out.latents, seen if from_seen else clean)
+        assert not torch.allclose(seen, clean, atol=0.01)

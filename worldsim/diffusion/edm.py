@@ -56,12 +56,19 @@ class DiffusionConfig:
 
     # Settings added after checkpoints were first written, with the values older ones had.
     ADDED_LATER: ClassVar[dict[str, Any]] = {"train_second_share": 0.0,
-                                             "train_second_p_mean": 0.0}
+                                             "train_second_p_mean": 0.0,
+                                             "train_context_sigma_max": 0.0}
 
     sigma_data: float = SIGMA_DATA
     """Standard deviation of the (normalised) latents; EDM's sigma_data."""
     context_sigma: float = CONTEXT_SIGMA
     """Noise level of context frames at inference (stabilisation against drift)."""
+    train_context_sigma_max: float = 0.0
+    """Context-noise augmentation (GameNGen, Valevski et al. 2024): above `context_sigma`, the
+    frames a training window reads as context (the teacher-forcing layout's context stream and
+    every frame's previous-frame input) are noised at a level drawn per frame, log-uniform
+    between `context_sigma` and this; the network is told each frame's level, and inference
+    keeps `context_sigma`. 0: every context frame at `context_sigma`."""
     train_p_mean: float = TRAIN_P_MEAN
     """Mean of ln(sigma) for training noise levels (log-normal)."""
     train_p_std: float = TRAIN_P_STD

@@ -19,6 +19,7 @@ N tokens per frame, D width, R reward support size.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,7 +101,8 @@ class DynamicsConfig:
     teacher_forcing_prob: float = TEACHER_FORCING_PROB
     """Share of training windows in the teacher-forcing layout (every frame noisy, attending to
     nearly clean copies of the earlier frames); the rest use Diffusion Forcing."""
-    ADDED_LATER: typing.ClassVar[dict[str, Any]] = {"residual": False, "action_dropout": 0.0}
+    ADDED_LATER: typing.ClassVar[dict[str, Any]] = {"residual": False, "action_dropout": 0.0,
+                                                    "residual_from_seen": False}
 
     residual: bool = True
     """Diffuse each frame's change from the frame before it rather than the frame itself
@@ -112,6 +114,12 @@ class DynamicsConfig:
     """Share of training frames whose action is replaced by the learned "no action" vector,
     so that the same network also predicts a frame without knowing the action that led to it:
     the unconditional prediction of classifier-free guidance (`step`'s `guidance`)."""
+
+    residual_from_seen: bool = False
+    """With `residual`: the change is taken from the previous frame as the network saw it
+    (with its context noise), not from the clean frame, so the prediction also takes that
+    noise away. Context-noise augmentation (`diffusion.train_context_sigma_max`) then teaches
+    the model to repair a corrupted last frame instead of carrying the corruption on."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable values."""
@@ -415,31 +423,56 @@ class DynamicsModel(nn.Module):
                            < self.config.teacher_forcing_prob)
         return sigma, teacher_forcing
 
+    def training_context_levels(self, batch_size: int, frames: int,
+                                generator: torch.Generator | None = None,
+                                device: torch.device | str = "cpu") -> torch.Tensor | None:
+        """Noise levels of the context frames of a training batch, (B, T), log-uniform between
+        `context_sigma` and `train_context_sigma_max` (context-noise augmentation); None when
+        the augmentation is off (all at `context_sigma`; nothing is drawn, so runs without it
+        keep their random stream)."""
+        dcfg = self.config.diffusion
+        if dcfg.train_context_sigma_max <= dcfg.context_sigma:
+            return None
+        low, high = math.log(dcfg.context_sigma), math.log(dcfg.train_context_sigma_max)
+        u = torch.rand(batch_size, frames, generator=generator, device=device)
+        return (low + (high - low) * u).exp()
+
     @property
     def _predicts_from_previous(self) -> bool:
         """Whether a window's first frame is given by itself (its own predecessor), so that
         only frames 1.. carry a loss."""
         return self.config.residual or self.config.dit.previous_frame
 
+    def _offset(self, previous_clean: torch.Tensor, previous_seen: torch.Tensor
+                ) -> torch.Tensor | float:
+        """What a frame's change is taken from (`residual`, `residual_from_seen`): the frame
+        before it, clean or as the network saw it; 0.0 when whole frames are diffused."""
+        if not self.config.residual:
+            return 0.0
+        return previous_seen if self.config.residual_from_seen else previous_clean
+
     def _denoising_pass(self, x0: torch.Tensor, action_emb: torch.Tensor, sigma: torch.Tensor,
                         noise: torch.Tensor, context_noise: torch.Tensor, teacher_forcing: bool,
-                        position_weight: torch.Tensor | None = None
+                        position_weight: torch.Tensor | None = None,
+                        context_sigma: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """One training pass over windows x0 (b, T, C, h, w) noised to sigma (b, T). Diffusion
         Forcing: one stream. Teacher forcing: the teacher-forcing layout
         (transformer.teacher_forcing_frame_mask), the windows at the context level (with
         `context_noise`) followed by the noised ones. Either way each frame's `previous` input
-        is the frame before it at the context level, as at inference.
+        is the frame before it at the context level, as at inference. context_sigma: (b, T)
+        the context frames' levels (None: all at `diffusion.context_sigma`).
         Returns the per-frame EDM loss (b, T, or T - 1 without the first frame when it is its
         own predecessor) and the tokens the heads read for frames 1..T-1, (b, T-1, N, D): those
         of the frames at the context level where there are some, as the append pass at
         inference."""
         b, T = x0.shape[:2]
         dcfg = self.config.diffusion
-        context_sigma = torch.full_like(sigma, dcfg.context_sigma)
+        if context_sigma is None:
+            context_sigma = torch.full_like(sigma, dcfg.context_sigma)
         x_context = add_noise(x0, context_sigma, context_noise)
         previous_clean, previous_seen = previous_frames(x0, x_context)
-        offset = previous_clean if self.config.residual else 0.0
+        offset = self._offset(previous_clean, previous_seen)
         target = x0 - offset  # what is diffused: the frame, or its change
         y_noisy = add_noise(target, sigma, noise)
         if not teacher_forcing:
@@ -510,13 +543,15 @@ class DynamicsModel(nn.Module):
         sigma, teacher_forcing = self.training_noise_levels(B, T, generator, device)
         noise = torch.randn(latents.shape, generator=generator, device=device)
         context_noise = torch.randn(latents.shape, generator=generator, device=device)
+        context_sigma = self.training_context_levels(B, T, generator, device)
         frame_losses, head_tokens, order = [], [], []
         for rows, layout in ((~teacher_forcing, False), (teacher_forcing, True)):
             if bool(rows.any()):
                 frame_loss, tokens = self._denoising_pass(
                     latents[rows], action_emb[rows], sigma[rows], noise[rows],
                     context_noise[rows], teacher_forcing=layout,
-                    position_weight=position_weight)
+                    position_weight=position_weight,
+                    context_sigma=None if context_sigma is None else context_sigma[rows])
                 frame_losses.append(frame_loss)
                 head_tokens.append(tokens)
                 order.append(rows.nonzero()[:, 0])
@@ -575,7 +610,7 @@ class DynamicsModel(nn.Module):
         latents = latents.float()
         x = add_noise(latents, sigma, noise)
         previous_clean, previous_seen = previous_frames(latents, x, before)
-        offset = previous_clean if self.config.residual else 0.0
+        offset = self._offset(previous_clean, previous_seen)
         s = get_scalings(sigma, dcfg.sigma_data)
         tokens, _ = self.dit.features(append_dims(s.c_in, x.ndim) * (x - offset), s.c_noise,
                                       Conditioning(action_emb, cache, previous=previous_seen))
@@ -627,7 +662,9 @@ class DynamicsModel(nn.Module):
             raise ValueError(f"{action_emb.shape[0]} actions for a rollout of {B} rows")
         sigmas = karras_sigmas(num_steps or dcfg.num_steps, dcfg.sample_sigma_min,
                                dcfg.sample_sigma_max, dcfg.rho, device=self.device)
-        previous = state.last_latents[:, None]  # (B, 1, C, h, w)
+        # (B, 1, C, h, w): the frame the change is added to (`_offset`)
+        previous = (state.last_seen if self.config.residual_from_seen
+                    else state.last_latents)[:, None]
         cond = Conditioning(action_emb, state.cache, previous=state.last_seen[:, None])
         denoiser, start = self.denoiser, 0.0
         if guidance != 1.0:

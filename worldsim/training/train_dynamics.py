@@ -122,6 +122,17 @@ class TrainDynamicsConfig:
     effect, without giving up the low ones, where the last step draws the texture (a shift of
     1.5 on every frame leaves 14% of the levels at or below the second sampling level of the
     shipped sampler, 0.36, against 57% unshifted; at share 0.5, 36%)."""
+    context_noise_max: float = 0.0
+    """Context-noise augmentation: the context frames of every training window are noised at
+    a level drawn per frame, log-uniform between the inference level (0.07) and this, instead
+    of at the inference level, and the network is told the level (GameNGen's remedy against
+    drift). 0: off. Stored in the model config; applies to a fine-tune too."""
+    residual_from_seen: bool = False
+    """Take each frame's change from the previous frame as the network saw it (with its
+    context noise) rather than from the clean frame, so that the prediction also removes
+    that noise; with --context-noise-max the model learns to repair a corrupted last frame.
+    Stored in the model config (inference takes the change from the same frame); applies to a
+    fine-tune too."""
     round_trip: bool = False
     """Train on the latents a re-encoding dream continues from: every window's latents pass
     once through the VAE's decoder and encoder (uint8 frames between, as
@@ -228,22 +239,39 @@ class DynamicsTask(TrainingTask):
             # a training setting, not part of the architecture: the fine-tune's own
             initial.config = dataclasses.replace(
                 initial.config, action_dropout=cfg.action_dropout,
-                diffusion=shifted_noise(initial.config.diffusion, cfg.noise_shift,
-                                        cfg.noise_shift_share))
+                residual_from_seen=cfg.residual_from_seen or initial.config.residual_from_seen,
+                diffusion=self._with_context_noise(shifted_noise(
+                    initial.config.diffusion, cfg.noise_shift, cfg.noise_shift_share)))
             self.model, self.dynamics_config = initial, initial.config
         else:
+            if cfg.residual_from_seen and not cfg.residual:
+                raise ValueError("--residual-from-seen takes the change from the seen frame: "
+                                 "it needs --residual")
             heads = self._heads_config()
             dit = dataclasses.replace(cfg.dit, in_channels=self.vae.latent_channels)
             diffusion = shifted_noise(residual_diffusion_config(self._change_std())
                                       if cfg.residual else DiffusionConfig(), cfg.noise_shift,
                                       cfg.noise_shift_share)
-            self.dynamics_config = DynamicsConfig(dit=dit, diffusion=diffusion, heads=heads,
+            self.dynamics_config = DynamicsConfig(dit=dit,
+                                                  diffusion=self._with_context_noise(diffusion),
+                                                  heads=heads,
                                                   teacher_forcing_prob=cfg.teacher_forcing_prob,
                                                   residual=cfg.residual,
-                                                  action_dropout=cfg.action_dropout)
+                                                  action_dropout=cfg.action_dropout,
+                                                  residual_from_seen=cfg.residual_from_seen)
             self.model = DynamicsModel(self.dynamics_config, self.store.action_space)
         self.model = self.model.to(self.device).train()
         self._eval_windows: dict[str, Any] | None = None
+
+    def _with_context_noise(self, diffusion: DiffusionConfig) -> DiffusionConfig:
+        """`diffusion` with this run's context-noise augmentation (`--context-noise-max`; a
+        fine-tune keeps the initial model's when the option is not given)."""
+        if not self.cfg.context_noise_max:
+            return diffusion
+        if self.cfg.context_noise_max <= diffusion.context_sigma:
+            raise ValueError(f"--context-noise-max {self.cfg.context_noise_max} must exceed the "
+                             f"context noise level of inference, {diffusion.context_sigma}")
+        return dataclasses.replace(diffusion, train_context_sigma_max=self.cfg.context_noise_max)
 
     def _initial_model(self, source: Path) -> DynamicsModel:
         """The model of `init_from` (see its help), checked against this run's VAE and data."""
@@ -318,12 +346,14 @@ class DynamicsTask(TrainingTask):
                     if getattr(c, k) != default}
         if c.round_trip:  # the latent space is the encoder's; the round trip is the decoder's too
             emphasis["round_trip_vae_fingerprint"] = self.vae.fingerprint()
-        # Diffusion settings added later are left out while they hold the values older runs
-        # had (one log-normal), so that those runs still resume.
+        # Settings added later are left out while they hold the values older runs had, so
+        # that those runs still resume.
         dynamics = self.dynamics_config.to_dict()
-        if dynamics["diffusion"]["train_second_share"] == 0:  # the second mean is then unused
-            dynamics["diffusion"] = {k: v for k, v in dynamics["diffusion"].items()
-                                     if k not in DiffusionConfig.ADDED_LATER}
+        later = DiffusionConfig.ADDED_LATER
+        dynamics["diffusion"] = {k: v for k, v in dynamics["diffusion"].items()
+                                 if k not in later or v != later[k]}
+        if not dynamics["residual_from_seen"]:
+            del dynamics["residual_from_seen"]
         return {"dynamics": dynamics, "window": self.window, **fine_tuning,
                 **emphasis,
                 "vae_fingerprint": self.vae.latent_fingerprint(), "latent_tag": self.tag,
