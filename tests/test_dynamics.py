@@ -589,6 +589,8 @@ def test_context_noise_augmentation_and_the_change_from_the_seen_frame(tiny_bund
     assert train(DynamicsTask(cfg, "cpu"), cfg.train, cfg.out, ctx).step == 2  # resumes
     with pytest.raises(ValueError, match="must exceed the context noise level"):
         DynamicsTask(config("low", context_noise_max=low / 2), "cpu")
+    with pytest.raises(ValueError, match="needs residual"):
+        DynamicsConfig(residual=False, residual_from_seen=True)
 
     # A denoiser that predicts no change: the rollout lands on the frame the change is taken
     # from, the seen one (with its context noise) or the clean one.

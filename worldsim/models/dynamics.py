@@ -121,6 +121,11 @@ class DynamicsConfig:
     noise away. Context-noise augmentation (`diffusion.train_context_sigma_max`) then teaches
     the model to repair a corrupted last frame instead of carrying the corruption on."""
 
+    def __post_init__(self):
+        if self.residual_from_seen and not self.residual:
+            raise ValueError("residual_from_seen takes each frame's change from the seen frame: "
+                             "it needs residual (diffusing the change)")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable values."""
         return dataclasses.asdict(self)
@@ -662,9 +667,6 @@ class DynamicsModel(nn.Module):
             raise ValueError(f"{action_emb.shape[0]} actions for a rollout of {B} rows")
         sigmas = karras_sigmas(num_steps or dcfg.num_steps, dcfg.sample_sigma_min,
                                dcfg.sample_sigma_max, dcfg.rho, device=self.device)
-        # (B, 1, C, h, w): the frame the change is added to (`_offset`)
-        previous = (state.last_seen if self.config.residual_from_seen
-                    else state.last_latents)[:, None]
         cond = Conditioning(action_emb, state.cache, previous=state.last_seen[:, None])
         denoiser, start = self.denoiser, 0.0
         if guidance != 1.0:
@@ -676,7 +678,8 @@ class DynamicsModel(nn.Module):
                                 state.cache.select(torch.arange(B, device=self.device).repeat(2)),
                                 previous=cond.previous.repeat(2, 1, 1, 1, 1))
             denoiser = GuidedDenoiser(denoiser, float(guidance))
-        if self.config.residual:
+        if self.config.residual:  # the change is added to the frame `_offset` names
+            previous = self._offset(state.last_latents[:, None], state.last_seen[:, None])
             denoiser, start = OffsetDenoiser(denoiser, previous), previous
         x = start + torch.randn((B, 1, C, h, w), generator=generator,
                                 device=self.device) * sigmas[0]

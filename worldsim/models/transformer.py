@@ -133,15 +133,6 @@ def token_mask(frame_mask: torch.Tensor, tokens_per_frame: int) -> torch.Tensor 
             .repeat_interleave(tokens_per_frame, dim=1))
 
 
-def token_mask_bias(frame_mask: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
-    """A frame-level mask (T, T') expanded to tokens as an additive bias, (T*N, T'*N) float32:
-    0 where the frames meet, -inf where they do not."""
-    bias = torch.zeros(frame_mask.shape, device=frame_mask.device).masked_fill(~frame_mask,
-                                                                               float("-inf"))
-    return bias.repeat_interleave(tokens_per_frame, dim=0).repeat_interleave(tokens_per_frame,
-                                                                              dim=1)
-
-
 def block_causal_mask(frames: int, tokens_per_frame: int, window: int,
                       device: torch.device | str = "cpu") -> torch.Tensor | None:
     """The block-causal band mask over tokens, (T*N, T*N) bool, or None for one frame."""
@@ -221,8 +212,9 @@ class TeacherForcingAttention:
             # Noisy frame t sees context frames t-W+1 .. t-1: 0 there, -inf elsewhere, per
             # token (T*N, T*N) float32 (frame 0 sees none of them, only itself).
             offset = frame[:, None] - frame[None, :]
-            earlier = (offset >= 1) & (offset < window)
-            self.earlier_bias = token_mask_bias(earlier, tokens_per_frame)
+            seen = token_mask((offset >= 1) & (offset < window), tokens_per_frame)  # never all
+            self.earlier_bias = torch.zeros(seen.shape, device=device).masked_fill(
+                ~seen, float("-inf"))
         else:
             # Noisy frame t's keys: context frames t-W+1 .. t-1 (those before frame 0 are
             # padding), then its own tokens. (T, W*N), True = attend.

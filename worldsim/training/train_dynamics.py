@@ -244,9 +244,6 @@ class DynamicsTask(TrainingTask):
                     initial.config.diffusion, cfg.noise_shift, cfg.noise_shift_share)))
             self.model, self.dynamics_config = initial, initial.config
         else:
-            if cfg.residual_from_seen and not cfg.residual:
-                raise ValueError("--residual-from-seen takes the change from the seen frame: "
-                                 "it needs --residual")
             heads = self._heads_config()
             dit = dataclasses.replace(cfg.dit, in_channels=self.vae.latent_channels)
             diffusion = shifted_noise(residual_diffusion_config(self._change_std())
