@@ -44,8 +44,9 @@ def main() -> None:
     from worldsim.training.encode import ensure_latents
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", default="runs/bundle-once-shipped",
-                        help="a bundle whose reward model pays achievements once")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a bundle whose reward model pays achievements once (e.g. the one "
+                             "examples/agents_in_shipped_dream.sh builds)")
     parser.add_argument("--data", default="data/crafter", help="a labelled Crafter dataset")
     parser.add_argument("--split", default="val", choices=["train", "val"])
     parser.add_argument("--threads", type=int, default=1)

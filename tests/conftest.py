@@ -23,3 +23,11 @@ def tiny_bundle(tmp_path_factory):
     from tiny_bundle import make_tiny_bundle
 
     return make_tiny_bundle(tmp_path_factory.mktemp("tiny-bundle"))
+
+
+@pytest.fixture(scope="session")
+def labelled(tiny_bundle, tmp_path_factory):
+    """A copy of the tiny bundle's dataset (real Crafter play) with achievement labels."""
+    from tiny_bundle import make_labelled_dataset
+
+    return make_labelled_dataset(tiny_bundle, tmp_path_factory.mktemp("labelled") / "data")

@@ -22,16 +22,6 @@ from worldsim.data.store import EpisodeStore
 from worldsim.models.reward_model import RewardModel, RewardModelConfig, event_shares, pay_once
 
 
-@pytest.fixture(scope="module")
-def labelled(tiny_bundle, tmp_path_factory):
-    """A copy of the tiny bundle's dataset (real Crafter play) with achievement labels."""
-    data = tmp_path_factory.mktemp("labelled") / "data"
-    shutil.copytree(tiny_bundle.parent.parent / "data", data)
-    counts = label_achievements(data, progress=False)
-    assert counts["failed"] == 0 and counts["labelled"] == len(EpisodeStore(data))
-    return data
-
-
 def test_labels_match_the_recorded_rewards_and_resume(labelled):
     store = EpisodeStore(labelled)
     names = achievement_names(store)
@@ -140,27 +130,17 @@ def test_unlock_head_starts_and_stays_calibrated():
 
 def test_trained_unlock_head_in_a_bundle_pays_once_in_the_dream(tiny_bundle, labelled, tmp_path):
     import gymnasium as gym
-    from tiny_bundle import tiny_train
+    from tiny_bundle import make_pay_once_bundle
 
     import envs  # noqa: F401
-    from worldsim.training.loop import setup, train
-    from worldsim.training.train_reward import RewardTask, TrainRewardConfig
     from worldsim.world_model import WorldModel, build_bundle
 
     root = tiny_bundle.parent.parent
-    cfg = TrainRewardConfig(data=labelled, vae=tiny_bundle, out=tmp_path / "run-reward",
-                            width=16, eval_plain=32, achievements=True, action_input=True,
-                            next_frame_input=False, train=tiny_train(12, 8))
-    ctx = setup(cfg.train)
-    task = RewardTask(cfg, ctx.device)
+    bundle, task, result = make_pay_once_bundle(tiny_bundle, labelled, tmp_path)
+    reward_dir = tmp_path / "run-reward"
     # The reward head learns the rest of the reward: Crafter's health changes, no +1.
     assert max(task.model_config.reward_support) < 0.5
-    result = train(task, cfg.train, cfg.out, ctx)
     assert "recorded_reward_recall" in result.metrics
-
-    bundle = build_bundle(tmp_path / "bundle", vae_checkpoint=root / "run-vae",
-                          dynamics_checkpoint=tiny_bundle / "dynamics", data=labelled,
-                          num_contexts=6, context_frames=2, reward_checkpoint=cfg.out)
     wm = WorldModel.load(bundle)
     assert len(wm.achievements) == 22 and wm.start_unlocked.shape == (6, 22)
     # Contexts starting at an episode's first frame have unlocked nothing yet; the others
@@ -187,7 +167,7 @@ def test_trained_unlock_head_in_a_bundle_pays_once_in_the_dream(tiny_bundle, lab
     # pays `do` again and again at most what the first press paid, with the same frames.
     best = build_bundle(tmp_path / "bundle-best", vae_checkpoint=root / "run-vae",
                         dynamics_checkpoint=tiny_bundle / "dynamics", data=labelled,
-                        num_contexts=6, context_frames=2, reward_checkpoint=cfg.out,
+                        num_contexts=6, context_frames=2, reward_checkpoint=reward_dir,
                         pay_once="best")
     assert WorldModel.load(best).pay_once == "best" and wm.pay_once == "expected"
     env_best = gym.make("worldsim/Dream-v0", checkpoint=str(best), obs_mode="latent")

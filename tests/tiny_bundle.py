@@ -47,3 +47,35 @@ def make_tiny_bundle(root: Path, data: Path | None = None, dynamics_steps: int =
     return build_bundle(root / "run-dyn" / "bundle", vae_checkpoint=root / "run-vae",
                         dynamics_checkpoint=result.checkpoint, data=data, num_contexts=6,
                         context_frames=2)
+
+
+def make_labelled_dataset(bundle: Path, out: Path) -> Path:
+    """A copy of the tiny bundle's dataset (real Crafter play, `make_tiny_bundle`) at `out`,
+    with achievement labels recovered by replaying it."""
+    import shutil
+
+    from worldsim.data.achievements import label_achievements
+    from worldsim.data.store import EpisodeStore
+
+    shutil.copytree(bundle.parent.parent / "data", out)
+    counts = label_achievements(out, progress=False)
+    assert counts["failed"] == 0 and counts["labelled"] == len(EpisodeStore(out))
+    return out
+
+
+def make_pay_once_bundle(bundle: Path, labelled: Path, root: Path):
+    """The tiny bundle's VAE and DiT with a reward model that pays each achievement once per
+    episode (a tiny `worldsim train reward --achievements`, reading frame t and the action),
+    bundled at root/bundle. Returns (bundle directory, the reward task, its training result)."""
+    from worldsim.training.train_reward import RewardTask, TrainRewardConfig
+
+    cfg = TrainRewardConfig(data=labelled, vae=bundle, out=root / "run-reward", width=16,
+                            eval_plain=32, achievements=True, action_input=True,
+                            next_frame_input=False, train=tiny_train(12, 8))
+    ctx = setup(cfg.train)
+    task = RewardTask(cfg, ctx.device)
+    result = train(task, cfg.train, cfg.out, ctx)
+    out = build_bundle(root / "bundle", vae_checkpoint=bundle.parent.parent / "run-vae",
+                       dynamics_checkpoint=bundle / "dynamics", data=labelled, num_contexts=6,
+                       context_frames=2, reward_checkpoint=cfg.out)
+    return out, task, result
