@@ -1,7 +1,9 @@
 """Speed of the dynamics model: training windows/s, one imagined step (KV-cached: the sampler's
 evaluations + the append pass) at batch 1 and 32, the same step without a cache (every
 evaluation recomputes the whole window) as the reference, and the cost of a step late in a
-long rollout vs early. fp32 vs bf16 autocast. Random weights (speed does not depend on them).
+long rollout vs early. fp32 vs bf16 autocast, and the step in fp32 with its matrix products
+on bf16 operands (`bf16_matmuls`, oneDNN's implicit bf16 for fp32 matmuls on a CPU). Random
+weights (speed does not depend on them).
 Prints one JSON object.
 
 Settings that are compared with each other are timed interleaved (A, B, A, B, ...), so a
@@ -16,6 +18,7 @@ best (least disturbed) of its calls.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -125,22 +128,43 @@ def training(model: DynamicsModel, batch: int, frames: int, iters: int, latent) 
     return {f"train_windows_per_s_{k}": rate(v, batch) for k, v in times.items()}
 
 
+@contextlib.contextmanager
+def bf16_matmuls():
+    """fp32 matrix products run with bf16 operands and fp32 sums inside the block (oneDNN's
+    `fp32_precision = "bf16"`, process-wide, so restored on leaving): no casts in Python, but
+    oneDNN converts the fp32 weights on every call. Measured as a step of the shipped DiT at
+    batch 1 it was slower than plain fp32 (docs/DESIGN-NOTES.md), so the simulator does not
+    use it; kept here so that the comparison can be rerun."""
+    matmul = torch.backends.mkldnn.matmul
+    before = matmul.fp32_precision
+    matmul.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = before
+
+
+def precision(setting: bool | str):
+    """The context of a precision setting: False fp32, True bf16 autocast, "bf16_matmuls"."""
+    return bf16_matmuls() if setting == "bf16_matmuls" else autocast("cpu", setting)
+
+
 class CachedStepper:
     """Takes one KV-cached step of a batch of B rollouts per call (started from a full window
     of context unless `context` says otherwise)."""
 
-    def __init__(self, model: DynamicsModel, B: int, bf16: bool, num_steps: int, latent,
+    def __init__(self, model: DynamicsModel, B: int, bf16: bool | str, num_steps: int, latent,
                  context: int | None = None):
         self.model, self.bf16, self.num_steps = model, bf16, num_steps
         self.generator = torch.Generator().manual_seed(0)
         K = context or model.config.dit.window - 1
-        with autocast("cpu", bf16):
+        with precision(bf16):
             self.state = model.start(torch.randn(B, K, *latent), random_actions(B, K - 1),
                                      self.generator)
         self.actions = {"action": torch.randint(0, CRAFTER_ACTIONS.n, (B,))}
 
     def __call__(self):
-        with autocast("cpu", self.bf16):
+        with precision(self.bf16):
             return self.model.step(self.state, self.actions, self.generator,
                                    num_steps=self.num_steps)
 
@@ -178,8 +202,9 @@ def imagined_steps(model: DynamicsModel, batches: tuple[int, ...], iters: int, n
     model.eval()
     out: dict = {}
     for B in batches:
-        fns: dict[str, Callable[[], object]] = {f"step_ms_b{B}_{name}": CachedStepper(model, B, bf16, num_steps, latent)
-               for name, bf16 in (("fp32", False), ("bf16", True))}
+        fns: dict[str, Callable[[], object]] = {
+            f"step_ms_b{B}_{name}": CachedStepper(model, B, bf16, num_steps, latent)
+            for name, bf16 in (("fp32", False), ("bf16", True), ("bf16_matmuls", "bf16_matmuls"))}
         if B == 1:  # the no-cache reference, at batch 1
             fns.update({f"uncached_step_ms_b1_{name}": uncached_stepper(model, 1, bf16,
                                                                         num_steps, latent)
