@@ -7,7 +7,7 @@
 # like the shipped model. About 2.5 hours on 2 CPU cores, of which training is about 2 hours
 # (VAE 13 min, dynamics 80, reward 7, refiner 15 after sampling its dreams).
 #
-#   examples/two_hour_candidate.sh [first|mixed|mixture|plain]
+#   examples/two_hour_candidate.sh [first|mixed|mixture]
 #
 #   first  (the default) the first candidate: the DiT learns from the 150k steps of play alone,
 #          and the bundle samples with 1 Euler step; written to $RUNS/two-hour.
@@ -20,9 +20,6 @@
 #   mixture as mixed, but the noise shift moves only half of the training levels
 #          (--noise-shift-share 0.5): the other half stays at the default levels, where the
 #          sampler's second step draws the texture; written to $RUNS/two-hour-mixture.
-#   plain  as mixed, without the noise shift (every level drawn as the shipped DiT's were) and
-#          for a fixed 5,000 steps (about 95 min here) instead of 80 minutes, so that a slower
-#          or busier machine trains the same model; written to $RUNS/two-hour-plain.
 #
 # Every step resumes if interrupted: run it again. It shares the data, VAE and latent caches of
 # examples/reproduce_default_model.sh (same directories) and writes the rest apart.
@@ -41,7 +38,7 @@ first)
     sampling=(--sample-steps 1 --guidance 2)
     shift_share=1
     ;;
-mixed | mixture | plain)
+mixed | mixture)
     out=$runs/two-hour-$variant
     # 100k steps in which each episode starts the game's clock at a random hour (4 min), as in
     # examples/reproduce_default_model.sh, merged with the 150k by hard links.
@@ -55,7 +52,7 @@ mixed | mixture | plain)
     shift_share=$([ "$variant" = mixture ] && echo 0.5 || echo 1)
     ;;
 *)
-    echo "usage: $0 [first|mixed|mixture|plain]" >&2
+    echo "usage: $0 [first|mixed|mixture]" >&2
     exit 2
     ;;
 esac
@@ -67,26 +64,17 @@ esac
 # EDM default: the 1-step sampler evaluates the network only at the first sampling level, where
 # the action decides the next frame (docs/DESIGN-NOTES.md); --noise-shift-share below 1 moves only
 # that share of the levels.
-if [ "$variant" = plain ]; then  # default levels; steps, not minutes, end the run
-    levels=()
-    length=(--train.steps 5000 --train.time-limit-min 110 --train.eval-every 500)
-    # its own bundle, which the reward model learns from, samples as the final bundle does
-    bundle_steps=2
-else
-    levels=(--noise-shift 1.5 --noise-shift-share "$shift_share")
-    length=(--train.steps 100000 --train.time-limit-min 80 --train.eval-every 400)
-    bundle_steps=1
-fi
 worldsim train dynamics --data "$dynamics_data" --vae "$runs/vae-f4" --out "$out/dyn" \
     --dit.width 192 --dit.depth 4 --dit.heads 3 --dit.window 4 \
-    --action-dropout 0.1 "${levels[@]}" \
+    --action-dropout 0.1 --noise-shift 1.5 --noise-shift-share "$shift_share" \
     --eval-context 2 --eval-horizon 8 --eval-windows 32 \
     --train.batch-size 32 --train.lr 6e-4 --train.lr-schedule cosine --train.warmup-steps 100 \
-    --train.ema-decay 0.995 "${length[@]}" --train.checkpoint-every-min 5 --train.threads 2 \
-    --bundle-sample-steps "$bundle_steps"
+    --train.ema-decay 0.995 --train.steps 100000 --train.time-limit-min 80 \
+    --train.eval-every 400 --train.checkpoint-every-min 5 --train.threads 2 \
+    --bundle-sample-steps 1
 
 # The companion reward and termination model (7 min): half of each batch sees the next frame
-# as the DiT's own bundle samples it (1 sampler step; 2 for plain).
+# as the DiT samples it (1 sampler step, the bundle's default).
 worldsim train reward --data "$data" --vae "$runs/vae-f4" --dynamics "$out/dyn/bundle" \
     --out "$out/reward" --train.steps 4000 --train.eval-every 1000 --train.threads 2
 
