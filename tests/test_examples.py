@@ -173,7 +173,9 @@ def test_out_and_back_tiles(tiny_bundle, data, monkeypatch, capsys):
         assert "cannot run the out-and-back walks" in str(refused)
         return
     # per clean walk direction: one line per rollout kind, one error per tile line
-    for block in out.split("k=1 ")[1:]:
+    blocks = out.split("k=1 ")[1:]
+    assert blocks, out  # the tiny play (seeded) holds clean walks
+    for block in blocks:
         rows = block.strip().splitlines()[1:]
         assert [r.split()[0] for r in rows] == ["dream", "forgetful", "real"]
         assert all(len(r.split()[-9:]) == 9 for r in rows)
