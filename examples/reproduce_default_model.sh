@@ -31,15 +31,7 @@ worldsim train dynamics --data "$data" --vae "$runs/vae-f4" --out "$runs/dyn-def
 
 # Classifier-free guidance on the action: fine-tune with the action left out of 10% of frames
 # (40 min), so that sampling can push along what the action changes (the bundle's --guidance).
-fine_tune_dynamics() {  # DATA OUT INIT MINUTES BUNDLE_STEPS: the settings both fine-tunes share
-    worldsim train dynamics --data "$1" --vae "$runs/vae-f4" --out "$2" \
-        --init-from "$3" --action-dropout 0.1 \
-        --eval-context 2 --eval-horizon 8 --eval-windows 32 \
-        --train.batch-size 32 --train.lr 3e-4 --train.lr-schedule constant \
-        --train.warmup-steps 50 --train.ema-decay 0.995 --train.steps 100000 \
-        --train.time-limit-min "$4" --train.eval-every 400 --train.checkpoint-every-min 5 \
-        --train.threads 2 --bundle-sample-steps "$5"
-}
+source "$(dirname "$0")/fine_tune_dynamics.sh"  # the settings both fine-tunes share
 fine_tune_dynamics "$data" "$runs/dyn-guided" "$runs/dyn-default" 40 1
 
 # Play at every hour of Crafter's day: 100k steps in which each episode starts the game's clock

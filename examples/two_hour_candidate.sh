@@ -23,7 +23,7 @@
 #   mixed-low the mixed candidate (run first if it is not there), then 40 minutes at the default
 #          noise levels (a 15-minute fine-tune, then 25 more, as measured), bundled with the
 #          mixed candidate's reward model and refiner; written to $RUNS/two-hour-mixed/dyn-low,
-#          dyn-low40, bundle-low40, s200-low40 and eval-low40. About 2.2 hours of training
+#          dyn-low40, bundle-low40, s200-low40 and eval-low40. About 2.5 hours of training
 #          with the VAE (13 + 80 + 15 + 25, the reward model 2, the refiner 15).
 #
 # Every step resumes if interrupted: run it again. It shares the data, VAE and latent caches of
@@ -36,17 +36,9 @@ runs=${RUNS:-runs}
 if [ "$variant" = mixed-low ]; then
     "$0" mixed
     out=$runs/two-hour-mixed
-    low() {  # OUT INIT MINUTES: a fine-tune at the default noise levels
-        worldsim train dynamics --data "$data-all" --vae "$runs/vae-f4" --out "$1" \
-            --init-from "$2" "${@:4}" --action-dropout 0.1 \
-            --eval-context 2 --eval-horizon 8 --eval-windows 32 \
-            --train.batch-size 32 --train.lr 3e-4 --train.lr-schedule constant \
-            --train.warmup-steps 50 --train.ema-decay 0.995 --train.steps 100000 \
-            --train.time-limit-min "$3" --train.eval-every 400 --train.checkpoint-every-min 5 \
-            --train.threads 2 --bundle-sample-steps 1
-    }
-    low "$out/dyn-low" "$out/dyn" 15 --noise-shift -1.5  # back from the shifted levels
-    low "$out/dyn-low40" "$out/dyn-low" 25
+    source "$(dirname "$0")/fine_tune_dynamics.sh"
+    fine_tune_dynamics "$data-all" "$out/dyn-low" "$out/dyn" 15 1 --noise-shift -1.5  # back from the shift
+    fine_tune_dynamics "$data-all" "$out/dyn-low40" "$out/dyn-low" 25 1
     worldsim bundle --vae "$runs/vae-f4" --dynamics "$out/dyn-low40" --data "$data" \
         --reward "$out/reward" --refiner "$out/refiner" --sample-steps 2 \
         --sample-sigma-min 0.033 --guidance 2 --out "$out/bundle-low40"
