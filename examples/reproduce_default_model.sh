@@ -21,17 +21,11 @@ source "$(dirname "$0")/crafter_data_and_vae.sh"
 
 # The DiT: width 192, 4 blocks, 3 heads, a window of 4 frames (3M parameters), diffusing each
 # frame's change from the previous one; 90 min of training time.
-worldsim train dynamics --data "$data" --vae "$runs/vae-f4" --out "$runs/dyn-default" \
-    --dit.width 192 --dit.depth 4 --dit.heads 3 --dit.window 4 \
-    --eval-context 2 --eval-horizon 8 --eval-windows 32 \
-    --train.batch-size 32 --train.lr 6e-4 --train.lr-schedule constant --train.warmup-steps 100 \
-    --train.ema-decay 0.995 --train.steps 100000 --train.time-limit-min 90 \
-    --train.eval-every 400 --train.checkpoint-every-min 5 --train.threads 2 \
-    --bundle-sample-steps 1
+source "$(dirname "$0")/dit_training.sh"  # train_dit, fine_tune_dynamics
+train_dit "$data" "$runs/dyn-default" 90 constant
 
 # Classifier-free guidance on the action: fine-tune with the action left out of 10% of frames
 # (40 min), so that sampling can push along what the action changes (the bundle's --guidance).
-source "$(dirname "$0")/fine_tune_dynamics.sh"  # the settings both fine-tunes share
 fine_tune_dynamics "$data" "$runs/dyn-guided" "$runs/dyn-default" 40 1
 
 # Play at every hour of Crafter's day: 100k steps in which each episode starts the game's clock

@@ -7,8 +7,11 @@
 # like the shipped model. About 2.5 hours on 2 CPU cores, of which training is about 2 hours
 # (VAE 13 min, dynamics 80, reward 7, refiner 15 after sampling its dreams).
 #
-#   examples/two_hour_candidate.sh [first|mixed|mixture|mixed-low]
+#   examples/two_hour_candidate.sh [first|mixed|mixture|mixed-low|short]
 #
+#   short  the mixed candidate cut to two hours of training: the shifted phase a fixed 2,900
+#          steps (61 min in a slow hour), then 1,500 steps at the default levels (33 min), its
+#          own reward model and refiner (125 min with the VAE); written to $RUNS/two-hour-short.
 #   first  (the default) the first candidate: the DiT learns from the 150k steps of play alone,
 #          and the bundle samples with 1 Euler step; written to $RUNS/two-hour.
 #   mixed  the DiT learns from the 150k steps merged (`worldsim data merge`) with 100k steps of
@@ -36,7 +39,7 @@ runs=${RUNS:-runs}
 if [ "$variant" = mixed-low ]; then
     "$0" mixed
     out=$runs/two-hour-mixed
-    source "$(dirname "$0")/fine_tune_dynamics.sh"
+    source "$(dirname "$0")/dit_training.sh"
     fine_tune_dynamics "$data-all" "$out/dyn-low" "$out/dyn" 15 1 --noise-shift -1.5  # back from the shift
     fine_tune_dynamics "$data-all" "$out/dyn-low40" "$out/dyn-low" 25 1
     worldsim bundle --vae "$runs/vae-f4" --dynamics "$out/dyn-low40" --data "$data" \
@@ -61,7 +64,7 @@ first)
     sampling=(--sample-steps 1 --guidance 2)
     shift_share=1
     ;;
-mixed | mixture)
+mixed | mixture | short)
     out=$runs/two-hour-$variant
     # 100k steps in which each episode starts the game's clock at a random hour (4 min), as in
     # examples/reproduce_default_model.sh, merged with the 150k by hard links.
@@ -75,40 +78,44 @@ mixed | mixture)
     shift_share=$([ "$variant" = mixture ] && echo 0.5 || echo 1)
     ;;
 *)
-    echo "usage: $0 [first|mixed|mixture]" >&2
+    echo "usage: $0 [first|mixed|mixture|mixed-low|short]" >&2
     exit 2
     ;;
 esac
 
-# The DiT: width 192, 4 blocks, 3 heads, a window of 4 frames (3M parameters), diffusing each
+# The DiT (examples/dit_training.sh: 3M parameters, a window of 4 frames), diffusing each
 # frame's change from the previous one; 80 min of training time on a cosine. The action is left
 # out of 10% of frames, so that sampling can push along what the action changes (classifier-free
 # guidance, the bundle's --guidance). --noise-shift 1.5 trains at higher noise levels than the
 # EDM default: the 1-step sampler evaluates the network only at the first sampling level, where
 # the action decides the next frame (docs/DESIGN-NOTES.md); --noise-shift-share below 1 moves only
 # that share of the levels.
-worldsim train dynamics --data "$dynamics_data" --vae "$runs/vae-f4" --out "$out/dyn" \
-    --dit.width 192 --dit.depth 4 --dit.heads 3 --dit.window 4 \
-    --action-dropout 0.1 --noise-shift 1.5 --noise-shift-share "$shift_share" \
-    --eval-context 2 --eval-horizon 8 --eval-windows 32 \
-    --train.batch-size 32 --train.lr 6e-4 --train.lr-schedule cosine --train.warmup-steps 100 \
-    --train.ema-decay 0.995 --train.steps 100000 --train.time-limit-min 80 \
-    --train.eval-every 400 --train.checkpoint-every-min 5 --train.threads 2 \
-    --bundle-sample-steps 1
+source "$(dirname "$0")/dit_training.sh"  # train_dit, fine_tune_dynamics
+dit=$out/dyn
+if [ "$variant" = short ]; then  # a fixed step count, then back to the default levels
+    train_dit "$dynamics_data" "$out/dyn-shifted" 2900steps cosine \
+        --action-dropout 0.1 --noise-shift 1.5
+    fine_tune_dynamics "$dynamics_data" "$out/dyn-low" "$out/dyn-shifted" 1500steps 1 \
+        --noise-shift -1.5
+    dit=$out/dyn-low
+else
+    train_dit "$dynamics_data" "$dit" 80 cosine \
+        --action-dropout 0.1 --noise-shift 1.5 --noise-shift-share "$shift_share"
+fi
 
 # The companion reward and termination model (7 min): half of each batch sees the next frame
 # as the DiT samples it (1 sampler step, the bundle's default).
-worldsim train reward --data "$data" --vae "$runs/vae-f4" --dynamics "$out/dyn/bundle" \
+worldsim train reward --data "$data" --vae "$runs/vae-f4" --dynamics "$dit/bundle" \
     --out "$out/reward" --train.steps 4000 --train.eval-every 1000 --train.threads 2
 
 # The frame refiner learns from the DiT's dreams as the bundle samples them (guidance 2,
 # re-encoding), so it needs a bundle without it first (15 min after sampling 4,000 dreams).
-worldsim bundle --vae "$runs/vae-f4" --dynamics "$out/dyn" --data "$data" \
+worldsim bundle --vae "$runs/vae-f4" --dynamics "$dit" --data "$data" \
     --reward "$out/reward" "${sampling[@]}" --out "$out/bundle-dit"
 worldsim train refiner --data "$data" --checkpoint "$out/bundle-dit" --out "$out/refiner" \
     --pool 4000 --val-pool 512 --train.steps 4000 --train.time-limit-min 15 --train.threads 2
 
-worldsim bundle --vae "$runs/vae-f4" --dynamics "$out/dyn" --data "$data" \
+worldsim bundle --vae "$runs/vae-f4" --dynamics "$dit" --data "$data" \
     --reward "$out/reward" --refiner "$out/refiner" "${sampling[@]}" --out "$out/bundle"
 
 # The report is measured on fresh play with a seed no model trained on.

@@ -60,6 +60,40 @@ def test_shell_examples_parse(script):
     assert result.returncode == 0, result.stderr
 
 
+def dit_training_argv(call: str) -> list[str]:
+    """The `worldsim` command line a function of examples/dit_training.sh builds for `call`."""
+    script = (f'worldsim() {{ printf "%s\\n" "$@"; }}; runs=RUNS; '
+              f'source "{EXAMPLES / "dit_training.sh"}"; {call}')
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    return result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("call, steps, minutes, lr_schedule, noise_shift, dropout", [
+    ("train_dit DATA OUT 2900steps cosine --action-dropout 0.1 --noise-shift 1.5",
+     2900, 600, "cosine", 1.5, 0.1),
+    ("train_dit DATA OUT 90 constant", 100000, 90, "constant", 0.0, 0.0),
+    ("fine_tune_dynamics DATA OUT INIT 1500steps 1 --noise-shift -1.5",
+     1500, 600, "constant", -1.5, 0.1),
+    ("fine_tune_dynamics DATA OUT INIT 35 2", 100000, 35, "constant", 0.0, 0.1),
+])
+def test_dit_training_builds_commands_the_cli_accepts(call, steps, minutes, lr_schedule,
+                                                      noise_shift, dropout):
+    """The shared DiT training functions of the reproduce scripts: a budget of `Nsteps` is a
+    step count (the same weights on any machine), a plain number is minutes, and every option
+    they pass is one `worldsim train dynamics` parses."""
+    import tyro
+
+    from worldsim.training.train_dynamics import TrainDynamicsConfig
+
+    argv = dit_training_argv(call)
+    assert argv[:2] == ["train", "dynamics"]
+    cfg = tyro.cli(TrainDynamicsConfig, args=argv[2:])
+    assert (cfg.train.steps, cfg.train.time_limit_min) == (steps, minutes)
+    assert cfg.train.lr_schedule == lr_schedule and cfg.noise_shift == noise_shift
+    assert cfg.action_dropout == dropout and cfg.vae == Path("RUNS/vae-f4")
+    assert (cfg.init_from == Path("INIT")) == call.startswith("fine_tune_dynamics")
+
+
 def test_action_gain(tiny_bundle, data, monkeypatch, capsys):
     out = json.loads(run_example("action_gain", "--checkpoint", tiny_bundle, "--data", data,
                                  "--windows", 4, "--seeds", 1, "--threads", 1,
