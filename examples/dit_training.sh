@@ -23,24 +23,23 @@ dit_budget() {
     fi
 }
 
-train_dit() {
+# The options every DiT run shares, then the run's own: DATA OUT BUDGET [options...].
+dit_run() {
     # shellcheck disable=SC2046  # dit_budget's words are options
-    worldsim train dynamics --data "$1" --vae "$runs/vae-f4" --out "$2" \
-        --dit.width 192 --dit.depth 4 --dit.heads 3 --dit.window 4 "${@:5}" \
+    worldsim train dynamics --data "$1" --vae "$runs/vae-f4" --out "$2" "${@:4}" \
         --eval-context 2 --eval-horizon 8 --eval-windows 32 \
-        --train.batch-size 32 --train.lr 6e-4 --train.lr-schedule "$4" \
-        --train.warmup-steps 100 --train.ema-decay 0.995 $(dit_budget "$3") \
-        --train.eval-every 400 --train.checkpoint-every-min 5 --train.threads 2 \
-        --bundle-sample-steps 1
+        --train.batch-size 32 --train.ema-decay 0.995 $(dit_budget "$3") \
+        --train.eval-every 400 --train.checkpoint-every-min 5 --train.threads 2
+}
+
+train_dit() {
+    dit_run "$1" "$2" "$3" --dit.width 192 --dit.depth 4 --dit.heads 3 --dit.window 4 \
+        --train.lr 6e-4 --train.lr-schedule "$4" --train.warmup-steps 100 \
+        --bundle-sample-steps 1 "${@:5}"
 }
 
 fine_tune_dynamics() {
-    # shellcheck disable=SC2046
-    worldsim train dynamics --data "$1" --vae "$runs/vae-f4" --out "$2" \
-        --init-from "$3" --action-dropout 0.1 "${@:6}" \
-        --eval-context 2 --eval-horizon 8 --eval-windows 32 \
-        --train.batch-size 32 --train.lr 3e-4 --train.lr-schedule constant \
-        --train.warmup-steps 50 --train.ema-decay 0.995 $(dit_budget "$4") \
-        --train.eval-every 400 --train.checkpoint-every-min 5 \
-        --train.threads 2 --bundle-sample-steps "$5"
+    dit_run "$1" "$2" "$4" --init-from "$3" --action-dropout 0.1 \
+        --train.lr 3e-4 --train.lr-schedule constant --train.warmup-steps 50 \
+        --bundle-sample-steps "$5" "${@:6}"
 }
